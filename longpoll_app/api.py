@@ -1,0 +1,128 @@
+"""Sending messages to browsers: the functions views and commands call."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import transaction
+from django.http import HttpRequest
+
+from . import store
+from .hub import Hub, shared_layer
+from .protocol import validate_type
+
+log = logging.getLogger("longpoll_app")
+
+SessionLike = str | SessionBase | HttpRequest
+
+
+def send_to_session(session: SessionLike, type: str, data: Any = None) -> int:
+    """Queue a message for one browser session and wake its held poll.
+
+    ``session`` is a session key, a ``SessionBase`` or a request (whose session
+    is saved first if it has no key yet). ``data`` must be JSON-serializable.
+    Returns the message's id within the session. Inside ``transaction.atomic()``
+    the message becomes visible, and the poll wakes, only when the transaction
+    commits. Raises ``LookupError`` for a key that names no live session.
+    """
+    validate_type(type)
+    _check_serializable(type, data)
+    queued = store.append(session_key_of(session), type, data)
+    transaction.on_commit(lambda: wake(queued))
+    return queued.seq
+
+
+def send_to_user(user: Any, type: str, data: Any = None) -> int:
+    """Queue a message for every live session of ``user`` (a user or its pk).
+
+    Returns how many sessions it was queued for.
+    """
+    validate_type(type)
+    _check_serializable(type, data)
+    user_pk = getattr(user, "pk", user)
+    keys = store.live_session_keys_of(user_pk)
+    sent = 0
+    for key in keys:
+        try:
+            queued = store.append(key, type, data)
+        except LookupError:  # the session ended since the list was read
+            continue
+        transaction.on_commit(lambda queued=queued: wake(queued))  # type: ignore[misc]
+        sent += 1
+    return sent
+
+
+async def asend_to_session(session: SessionLike, type: str, data: Any = None) -> int:
+    """``send_to_session`` for async code."""
+    return await sync_to_async(send_to_session)(session, type, data)
+
+
+async def asend_to_user(user: Any, type: str, data: Any = None) -> int:
+    """``send_to_user`` for async code."""
+    return await sync_to_async(send_to_user)(user, type, data)
+
+
+def end_session(session_key: str) -> None:
+    """Forget a session's queue and answer its held polls (it logged out or ended)."""
+    pk = store.end_session(session_key)
+    if pk is None:
+        return
+    for hub in Hub.running():
+        _call_in_loop(hub, hub.end, pk)
+    _group_send(store.wake_group(session_key), {"type": "longpoll.end", "pk": pk})
+
+
+def session_key_of(session: SessionLike) -> str:
+    """The key of a session given as a key, a ``SessionBase`` or a request."""
+    if isinstance(session, HttpRequest):
+        session = session.session
+    if isinstance(session, SessionBase):
+        if session.session_key is None:
+            session.save()
+            session.modified = True  # so SessionMiddleware sends the new cookie
+        key = session.session_key
+        assert key is not None
+        return key
+    if isinstance(session, str) and session:
+        return session
+    raise TypeError(
+        f"session must be a session key, a SessionBase or a request, not {session!r}."
+    )
+
+
+def wake(queued: store.Queued) -> None:
+    """Wake the polls held for a session, in this process and in every other."""
+    for hub in Hub.running():
+        _call_in_loop(hub, hub.wake, queued.session_pk, queued.seq)
+    _group_send(
+        queued.group, {"type": "longpoll.wake", "pk": queued.session_pk, "last_id": queued.seq}
+    )
+
+
+def _call_in_loop(hub: Hub, fn: Any, *args: Any) -> None:
+    try:
+        hub.loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # that loop closed since it was listed
+        pass
+
+
+def _group_send(group: str, message: dict[str, Any]) -> None:
+    layer = shared_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, message)
+    except Exception as exc:
+        # The message is safe in the store; the next poll of the session reads it.
+        log.warning("longpoll: could not wake %s through the channel layer: %s", group, exc)
+
+
+def _check_serializable(message_type: str, data: Any) -> None:
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Data for message type {message_type!r} is not JSON-serializable: {exc}") from None

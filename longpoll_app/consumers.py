@@ -1,0 +1,319 @@
+"""The two HTTP endpoints, as Channels consumers.
+
+``AsyncHttpConsumer`` cannot hold a poll: its ``http_request`` ends the
+consumer as soon as ``handle()`` returns, and its dispatch loop runs one
+handler at a time, so a ``handle()`` that waits would also keep
+``http.disconnect`` from being seen. ``LongpollConsumer`` therefore reads the
+body, answers in a task of its own, and leaves the dispatch loop free: an
+``http.disconnect`` while a poll is held cancels that task at once, and the
+task's ``finally`` blocks give back everything it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.exceptions import StopConsumer
+from channels.utils import await_many_dispatch
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.core.handlers.asgi import ASGIRequest
+from django.db import DatabaseError
+
+from . import handlers, store
+from .conf import conf
+from .hub import Follow, Hub, run_in_thread
+from .limits import TokenBuckets
+from .protocol import (
+    JSON_HEADERS,
+    ProtocolError,
+    dumps,
+    parse_client_message,
+    parse_cursor,
+    parse_object,
+    too_many,
+)
+from .security import build_request, check_csrf, check_host, csrf_needs_session
+
+log = logging.getLogger("longpoll_app")
+
+UNAVAILABLE_RETRY = 5  # seconds a client waits before retrying after a 503
+BUSY_RETRY = 1  # seconds a client waits before polling again after a 429
+
+Answer = tuple[int, Any, dict[str, str]]  # status, JSON body (None: no body), headers
+
+
+class LongpollConsumer(AsyncConsumer):
+    """Reads a POST body, checks host, CSRF and session, and answers with JSON.
+
+    Subclasses implement ``answer(request, session_key)``. It runs in a task,
+    so it may wait as long as it likes; whatever it raises becomes a JSON error.
+    """
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # Unlike AsyncConsumer.__call__, ask the channel layer for no channel:
+        # one per request is the churn that made idle polls expensive. The hub
+        # receives wake-ups for the whole process instead.
+        self.scope = scope
+        self.base_send = send
+        self.body = bytearray()
+        self.task: asyncio.Task[None] | None = None
+        try:
+            await await_many_dispatch([receive], self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # AsyncConsumer.dispatch checks the DB connections in a worker thread
+        # before every message; these handlers touch no DB themselves.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is not None:
+            await handler(message)
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        if self.task is not None:
+            return  # already answering (a 413 before the whole body arrived)
+        self.body += message.get("body", b"")
+        if len(self.body) > conf.LONGPOLL_MAX_MESSAGE_BYTES or self._declared_too_large():
+            self.task = asyncio.ensure_future(self._send_answer(self._too_large()))
+        elif not message.get("more_body", False):
+            self.task = asyncio.ensure_future(self._respond(bytes(self.body)))
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        """The client left (or the answer is complete): stop, holding nothing."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        raise StopConsumer
+
+    def _declared_too_large(self) -> bool:
+        for name, value in self.scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    return int(value) > conf.LONGPOLL_MAX_MESSAGE_BYTES
+                except ValueError:
+                    return False
+        return False
+
+    def _too_large(self) -> Answer:
+        limit = conf.LONGPOLL_MAX_MESSAGE_BYTES
+        error = ProtocolError(
+            413, "body_too_large", f"The body is larger than LONGPOLL_MAX_MESSAGE_BYTES ({limit} bytes)."
+        )
+        return error.status, error.body(), error.headers
+
+    async def _respond(self, body: bytes) -> None:
+        try:
+            answer = await self._checked_answer(body)
+        except ProtocolError as error:
+            answer = (error.status, error.body(), error.headers)
+        except DatabaseError as exc:
+            log.warning("longpoll: database unavailable: %s", exc)
+            answer = (
+                503,
+                {"error": "unavailable", "detail": "The database is unavailable; retry shortly."},
+                {"Retry-After": str(UNAVAILABLE_RETRY)},
+            )
+        await self._send_answer(answer)
+
+    async def _checked_answer(self, body: bytes) -> Answer:
+        if self.scope["method"] != "POST":
+            raise ProtocolError(
+                405, "method_not_allowed", f"Use POST, not {self.scope['method']}.", {"Allow": "POST"}
+            )
+        request = build_request(self.scope, body)
+        check_host(request)
+        session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME) or None
+        if csrf_needs_session():
+            await sync_to_async(_check_csrf_with_session)(request, session_key)
+        else:
+            check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
+        if session_key is None:
+            raise no_session()
+        return await self.answer(request, session_key)
+
+    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
+        raise NotImplementedError  # pragma: no cover - each endpoint defines it
+
+    async def _send_answer(self, answer: Answer) -> None:
+        status, payload, extra = answer
+        body = b"" if payload is None else dumps(payload)
+        headers = list(JSON_HEADERS) if payload is not None else [JSON_HEADERS[1]]
+        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        headers.append((b"content-length", str(len(body)).encode()))
+        try:
+            await self.base_send({"type": "http.response.start", "status": status, "headers": headers})
+            await self.base_send({"type": "http.response.body", "body": body})
+        except Exception as exc:  # the client left while we answered; nothing to tell it
+            log.debug("longpoll: could not send the answer: %s", exc)
+
+
+def _check_csrf_with_session(request: ASGIRequest, session_key: str | None) -> None:
+    request.session = store.session_store(session_key)
+    check_csrf(request)
+
+
+def no_session() -> ProtocolError:
+    return ProtocolError(
+        403,
+        "no_session",
+        "The request carries no live session; load a page that starts one (it sets the "
+        "session cookie) and poll again.",
+    )
+
+
+class PollConsumer(LongpollConsumer):
+    """``POST poll/``: answer at once with pending messages, else hold.
+
+    Body ``{"cursor": <id of the last message received, or null>}``. The cursor
+    also acknowledges everything up to it. Answers ``200`` with the messages, or
+    ``LONGPOLL_EMPTY_STATUS`` after ``LONGPOLL_TIMEOUT`` seconds without any.
+    """
+
+    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
+        cursor = parse_cursor(parse_object(request.body))
+        hub = Hub.current()
+        await hub.ready()
+        follow = hub.follow(session_key)
+        if follow.held >= conf.LONGPOLL_MAX_POLLS_PER_SESSION:
+            raise too_many(
+                "too_many_polls",
+                f"This session already holds {follow.held} polls here "
+                f"(LONGPOLL_MAX_POLLS_PER_SESSION); one poll per browser is enough.",
+                BUSY_RETRY,
+            )
+        follow.held += 1
+        try:
+            return await self._hold(hub, follow, request, cursor)
+        finally:
+            follow.held -= 1
+            follow.used_at = hub.loop.time()
+
+    async def _hold(
+        self, hub: Hub, follow: Follow, request: ASGIRequest, cursor: int | None
+    ) -> Answer:
+        loop = hub.loop
+        deadline = loop.time() + conf.LONGPOLL_TIMEOUT
+        await hub.subscribe(follow)  # before reading the store, so no wake-up falls between
+        while True:
+            if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
+                batch = await self._read(hub, follow, request, cursor)
+                if cursor is not None:
+                    hub.ack(follow, min(cursor, batch.last_id))
+                if batch.messages or batch.gap:
+                    return 200, _batch_body(batch), {}
+                cursor = batch.cursor
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await hub.wait(follow, remaining):
+                return conf.LONGPOLL_EMPTY_STATUS, None, {}
+            if follow.ended:
+                raise no_session()
+
+    async def _read(
+        self, hub: Hub, follow: Follow, request: ASGIRequest, cursor: int | None
+    ) -> store.Batch:
+        """Read the store (checking the session too, when that is due)."""
+        verify = follow.pk is None or (
+            hub.loop.time() - follow.checked_at >= conf.LONGPOLL_SESSION_RECHECK
+        )
+        started = hub.loop.time()
+        record, batch = await run_in_thread(_snapshot)(
+            follow.session_key,
+            follow.pk,
+            cursor,
+            verify,
+            request.META.get("REMOTE_ADDR"),
+            request.META.get("HTTP_USER_AGENT", ""),
+        )
+        if record is None or batch is None:
+            if follow.pk is not None:
+                hub.end(follow.pk)
+            hub.follows.pop(follow.session_key, None)
+            raise no_session()
+        hub.attach(follow, record, started)
+        return batch
+
+
+def _snapshot(
+    session_key: str,
+    session_pk: int | None,
+    cursor: int | None,
+    verify: bool,
+    ip_address: str | None,
+    user_agent: str,
+) -> tuple[store.SessionRecord | None, store.Batch | None]:
+    """One worker-thread trip: check the session when due, then read messages."""
+    if verify or session_pk is None:
+        record = store.verify_session(session_key, ip_address, user_agent)
+        if record is None:
+            return None, None
+        session_pk = record.pk
+    batch = store.read(session_pk, cursor, conf.LONGPOLL_BATCH_SIZE)
+    if batch is None:
+        return None, None
+    if not verify:
+        record = store.SessionRecord(pk=session_pk, last_id=batch.last_id, acked_id=0)
+    return record, batch
+
+
+def _batch_body(batch: store.Batch) -> dict[str, Any]:
+    return {"messages": batch.messages, "cursor": batch.cursor, "gap": batch.gap}
+
+
+_send_buckets = TokenBuckets()
+
+
+class SendConsumer(LongpollConsumer):
+    """``POST send/``: hand a message from the page to its registered handler.
+
+    Body ``{"id": <client message id>, "type": <str>, "data": <any>}``. A
+    retried ``id`` within ``LONGPOLL_DEDUP_WINDOW`` is handled only once.
+    """
+
+    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
+        client_id, message_type, data = parse_client_message(parse_object(request.body))
+        wait = _send_buckets.take(session_key, conf.LONGPOLL_SEND_RATE, conf.LONGPOLL_SEND_BURST)
+        if wait:
+            raise too_many(
+                "rate_limited",
+                f"This session sends more than {conf.LONGPOLL_SEND_RATE:g} messages per second "
+                f"(LONGPOLL_SEND_RATE); retry after the Retry-After delay.",
+                wait,
+            )
+        if not handlers.is_handled(message_type):
+            raise ProtocolError(
+                400, "unknown_type", f"No handler is registered for message type {message_type!r}."
+            )
+        accepted = await sync_to_async(_accept)(request, session_key, client_id)
+        if accepted is None:
+            raise no_session()
+        session_pk, user, first_time = accepted
+        if not first_time:
+            return 200, {"ok": True, "duplicate": True}, {}
+        try:
+            await handlers.dispatch(message_type, session_key, user, data)
+        except Exception:
+            log.exception("longpoll: handler for %r failed", message_type)
+            # Forget the id, so that the page's retry runs the handler again.
+            await sync_to_async(store.forget_client_message)(session_pk, client_id)
+            return (
+                500,
+                {"error": "handler_failed", "detail": f"The handler for {message_type!r} failed."},
+                {},
+            )
+        return 200, {"ok": True}, {}
+
+
+def _accept(request: ASGIRequest, session_key: str, client_id: str) -> tuple[int, Any, bool] | None:
+    """Check the session, load its user, and record the message id once."""
+    session = store.load_live_session(session_key)
+    if session is None:
+        return None
+    request.session = session
+    user = get_user(request)
+    row = store.ensure_session_row(session_key)
+    return row.pk, user, store.record_client_message(row.pk, client_id)

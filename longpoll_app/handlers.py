@@ -1,0 +1,64 @@
+"""Handlers for messages that pages send, registered by message type.
+
+This module imports no models, so ``longpoll_app.handler`` can be used at the
+top of any module, before Django's apps are ready.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+
+from .signals import message_received
+
+Handler = Callable[[str, Any, Any], Any]
+
+_handlers: dict[str, Handler] = {}
+
+
+def handler(message_type: str) -> Callable[[Handler], Handler]:
+    """Register the decorated function for messages of ``message_type``.
+
+    The function receives ``(session_key, user, data)``; it may be sync (run in
+    Django's worker thread, so it can use the ORM) or async. It may answer with
+    ``send_to_session(session_key, ...)``.
+    """
+
+    def register(fn: Handler) -> Handler:
+        existing = _handlers.get(message_type)
+        if existing is not None and _qualified(existing) != _qualified(fn):
+            raise ImproperlyConfigured(
+                f"Message type {message_type!r} already has the handler {_qualified(existing)}; "
+                f"cannot register {_qualified(fn)} too."
+            )
+        _handlers[message_type] = fn
+        return fn
+
+    return register
+
+
+def _qualified(fn: Handler) -> str:
+    return f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"
+
+
+def is_handled(message_type: str) -> bool:
+    """True if a handler or a ``message_received`` receiver will see the message."""
+    return message_type in _handlers or message_received.has_listeners()
+
+
+async def dispatch(message_type: str, session_key: str, user: Any, data: Any) -> None:
+    """Run the handler for the message, then send ``message_received``."""
+    fn = _handlers.get(message_type)
+    if fn is not None:
+        if inspect.iscoroutinefunction(fn):
+            await fn(session_key, user, data)
+        else:
+            await sync_to_async(fn)(session_key, user, data)
+    if message_received.has_listeners():
+        await message_received.asend(
+            sender=None, session_key=session_key, user=user, type=message_type, data=data
+        )

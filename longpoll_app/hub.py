@@ -1,0 +1,380 @@
+"""The per-process hub: one place where held polls wait and wake-ups arrive.
+
+Every server process (more exactly, every event loop) has one ``Hub``. It keeps,
+for each session it has seen poll, a ``Follow``: the futures of the polls held
+for it, and the newest message id it knows of. Polls wait on those futures; they
+are resolved when a wake-up for the session arrives, so holding costs nothing
+but the future and one timer.
+
+Wake-ups travel in one of two ways:
+
+* With a shared channel layer (Redis), the hub owns a single channel, joins a
+  group per followed session once and keeps it across polls, and runs a single
+  receive loop. A poll therefore never touches the channel layer itself.
+* With a process-local layer (``InMemoryChannelLayer`` or none), sends from
+  this process wake the hub directly, and sends from other processes (a
+  management command) are noticed by one indexed query per
+  ``LONGPOLL_WATCH_INTERVAL`` for the whole process, and only while it follows
+  sessions.
+
+A follow's ``last_id`` is trusted only while the way it learns of new messages
+was working before it was read from the database; otherwise a poll reads the
+store. That keeps idle re-polls off the database without ever hiding a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.db import close_old_connections
+
+from . import store
+from .conf import conf
+
+log = logging.getLogger("longpoll_app")
+
+SWEEP_INTERVAL = 30.0  # seconds between looks for sessions no longer polling here
+IDLE_GRACE = 30.0  # seconds a session may go without polling before the hub forgets it
+RESUBSCRIBE_AFTER = 3600.0  # seconds; well inside channels-redis's default group_expiry
+ACK_DELAY = 0.05  # seconds acknowledgements gather before one delete removes them all
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between attempts to reach the layer again
+
+
+def run_in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run in a worker thread of its own with a healthy DB connection.
+
+    ``thread_sensitive=False`` lets database calls of concurrent polls run in
+    parallel instead of queueing on the one thread Django's views share.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+@dataclass(eq=False)
+class Follow:
+    """What the hub knows about one session that polls in this process."""
+
+    session_key: str
+    group: str
+    pk: int | None = None
+    last_id: int = 0  # newest message id known to exist
+    acked: int = 0  # newest id acknowledged by a poll in this process
+    checked_at: float = -math.inf  # loop time when the store was last read
+    subscribed_at: float = math.inf  # loop time when wake-ups began to arrive
+    held: int = 0  # polls for this session in this process right now
+    used_at: float = 0.0
+    ended: bool = False
+    waiters: set[asyncio.Future[bool]] = field(default_factory=set)
+
+
+class Hub:
+    """Held polls of one event loop, and the wake-ups that end them."""
+
+    _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}  # noqa: RUF012
+    _hubs_lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, layer: BaseChannelLayer | None) -> None:
+        self.loop = loop
+        self.layer = layer
+        self.follows: dict[str, Follow] = {}  # by session key
+        self.by_pk: dict[int, Follow] = {}
+        self.trust_since = math.inf  # wake-ups before this moment may have been missed
+        self.channel_name: str | None = None
+        self.pending_acks: dict[int, int] = {}
+        self._ack_flush: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ready = asyncio.Event()
+        self._outage = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def current(cls) -> Hub:
+        """The hub of the running event loop, started on first use."""
+        loop = asyncio.get_running_loop()
+        hub = cls._hubs.get(loop)
+        if hub is None:
+            hub = cls(loop, shared_layer())
+            with cls._hubs_lock:
+                cls._hubs = {lp: h for lp, h in cls._hubs.items() if not lp.is_closed()}
+                cls._hubs[loop] = hub
+            hub._start()
+        return hub
+
+    @classmethod
+    def running(cls) -> list[Hub]:
+        with cls._hubs_lock:
+            return [hub for loop, hub in cls._hubs.items() if not loop.is_closed()]
+
+    def _start(self) -> None:
+        self._spawn(self._receive_loop() if self.layer is not None else self._watch_loop())
+        self._spawn(self._sweep_loop())
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop the hub's tasks; for tests and orderly shutdown."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush_acks()
+        for follow in list(self.follows.values()):
+            self._wake_all(follow)
+        with self._hubs_lock:
+            if self._hubs.get(self.loop) is self:
+                del self._hubs[self.loop]
+
+    async def ready(self) -> None:
+        """Wait until wake-ups can arrive (the hub has its channel or watermark)."""
+        await self._ready.wait()
+
+    # -- follows --------------------------------------------------------------
+
+    def follow(self, session_key: str) -> Follow:
+        follow = self.follows.get(session_key)
+        if follow is None:
+            follow = Follow(session_key=session_key, group=store.wake_group(session_key))
+            self.follows[session_key] = follow
+            if self.layer is None:
+                follow.subscribed_at = -math.inf  # the watcher covers every session
+        follow.used_at = self.loop.time()
+        return follow
+
+    def attach(self, follow: Follow, record: store.SessionRecord, read_at: float) -> None:
+        """Take what the store said about the session at ``read_at``."""
+        if follow.pk != record.pk:
+            if follow.pk is not None:
+                self.by_pk.pop(follow.pk, None)
+            follow.pk = record.pk
+            self.by_pk[record.pk] = follow
+            follow.last_id = record.last_id  # a new record: its ids start afresh
+        else:
+            follow.last_id = max(follow.last_id, record.last_id)
+        follow.acked = max(follow.acked, record.acked_id)
+        follow.checked_at = read_at
+
+    def is_trusted(self, follow: Follow) -> bool:
+        """True while ``follow.last_id`` is sure to include every queued message."""
+        if follow.pk is None:
+            return False
+        since = max(self.trust_since, follow.subscribed_at)
+        now = self.loop.time()
+        return since <= follow.checked_at and now - follow.checked_at < conf.LONGPOLL_SESSION_RECHECK
+
+    async def subscribe(self, follow: Follow) -> None:
+        """Make sure wake-ups for this session reach this hub."""
+        if self.layer is None or self.channel_name is None:
+            return
+        if self.loop.time() - follow.subscribed_at < RESUBSCRIBE_AFTER:
+            return
+        started = self.loop.time()
+        try:
+            await self.layer.group_add(follow.group, self.channel_name)
+        except Exception as exc:  # the layer is down: polls fall back to reading the store
+            self._report_outage(exc)
+            return
+        if self._outage:
+            self._recovered()
+        follow.subscribed_at = started
+
+    async def wait(self, follow: Follow, timeout: float) -> bool:
+        """Hold until the session is woken or ``timeout`` seconds pass; True if woken."""
+        waiter: asyncio.Future[bool] = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _resolve, waiter, False)
+        follow.waiters.add(waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            follow.waiters.discard(waiter)
+
+    def wake(self, session_pk: int, last_id: int) -> None:
+        """A message with id ``last_id`` was queued for the session."""
+        follow = self.by_pk.get(session_pk)
+        if follow is None or last_id <= follow.last_id:
+            return
+        follow.last_id = last_id
+        self._wake_all(follow)
+
+    def end(self, session_pk: int) -> None:
+        """The session ended: answer its held polls and forget it."""
+        follow = self.by_pk.pop(session_pk, None)
+        if follow is None:
+            return
+        follow.ended = True
+        self.follows.pop(follow.session_key, None)
+        self._wake_all(follow)
+
+    @staticmethod
+    def _wake_all(follow: Follow) -> None:
+        for waiter in follow.waiters:
+            _resolve(waiter)
+
+    def held_polls(self) -> int:
+        return sum(follow.held for follow in self.follows.values())
+
+    # -- acknowledgements ---------------------------------------------------
+
+    def ack(self, follow: Follow, cursor: int) -> None:
+        """Queue the deletion of everything up to ``cursor`` for one batch."""
+        if follow.pk is None or cursor <= follow.acked or cursor > follow.last_id:
+            return
+        follow.acked = cursor
+        self.pending_acks[follow.pk] = max(cursor, self.pending_acks.get(follow.pk, 0))
+        if self._ack_flush is None:
+            self._ack_flush = self.loop.call_later(ACK_DELAY, self._spawn_flush)
+
+    def _spawn_flush(self) -> None:
+        self._ack_flush = None
+        self._spawn(self.flush_acks())
+
+    async def flush_acks(self) -> None:
+        acks, self.pending_acks = self.pending_acks, {}
+        if not acks:
+            return
+        try:
+            await run_in_thread(store.acknowledge)(acks)
+        except Exception:
+            # Kept for the next batch; meanwhile the rows are only read past.
+            log.warning("longpoll: could not delete acknowledged messages; will retry", exc_info=True)
+            for pk, cursor in acks.items():
+                self.pending_acks[pk] = max(cursor, self.pending_acks.get(pk, 0))
+            if self._ack_flush is None:
+                self._ack_flush = self.loop.call_later(1.0, self._spawn_flush)
+
+    # -- how wake-ups arrive -------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        assert self.layer is not None
+        attempt = 0
+        while True:
+            try:
+                if self.channel_name is None:
+                    self.channel_name = await self.layer.new_channel("longpoll.hub.")
+                    self._recovered()
+                message = await self.layer.receive(self.channel_name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._report_outage(exc)
+                self.channel_name = None
+                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                attempt += 1
+                continue
+            attempt = 0
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "longpoll.wake":
+            self.wake(int(message["pk"]), int(message["last_id"]))
+        elif kind == "longpoll.end":
+            self.end(int(message["pk"]))
+
+    def _report_outage(self, exc: BaseException) -> None:
+        """Stop trusting what the hub knows, and say so once per outage."""
+        self.trust_since = math.inf
+        for follow in self.follows.values():
+            follow.subscribed_at = math.inf
+            # Held polls answer now, and their next poll reads the store.
+            self._wake_all(follow)
+        if not self._outage:
+            self._outage = True
+            log.error("longpoll: channel layer unreachable (%s); polls read the store until it returns", exc)
+
+    def _recovered(self) -> None:
+        self.trust_since = self.loop.time()
+        for follow in self.follows.values():
+            follow.subscribed_at = math.inf  # join the groups again: a restarted Redis forgot them
+            self._wake_all(follow)
+        self._ready.set()
+        if self._outage:
+            self._outage = False
+            log.warning("longpoll: channel layer reachable again")
+
+    async def _watch_loop(self) -> None:
+        """Notice messages queued by other processes when no layer carries them."""
+        watermark: int | None = None
+        while True:
+            try:
+                if not self.follows:
+                    watermark = None
+                    self.trust_since = math.inf
+                elif watermark is None:
+                    started = self.loop.time()
+                    watermark = await run_in_thread(store.newest_message_pk)()
+                    self.trust_since = started
+                else:
+                    for message_pk, session_pk, seq in await run_in_thread(store.messages_since)(
+                        watermark
+                    ):
+                        watermark = message_pk
+                        self.wake(session_pk, seq)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._report_outage(exc)
+                watermark = None
+            self._ready.set()
+            await asyncio.sleep(conf.LONGPOLL_WATCH_INTERVAL)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            await self.sweep()
+
+    async def sweep(self, idle: float | None = None) -> None:
+        """Forget sessions that stopped polling here, and leave their groups."""
+        if idle is None:
+            idle = 2 * conf.LONGPOLL_TIMEOUT + IDLE_GRACE
+        cutoff = self.loop.time() - idle
+        for follow in list(self._idle(cutoff)):
+            self.follows.pop(follow.session_key, None)
+            if follow.pk is not None:
+                self.by_pk.pop(follow.pk, None)
+            if self.layer is not None and self.channel_name is not None:
+                try:
+                    await self.layer.group_discard(follow.group, self.channel_name)
+                except Exception as exc:
+                    self._report_outage(exc)
+
+    def _idle(self, cutoff: float) -> Iterator[Follow]:
+        for follow in self.follows.values():
+            if follow.held == 0 and follow.used_at < cutoff:
+                yield follow
+
+
+def _resolve(waiter: asyncio.Future[bool], woken: bool = True) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
+
+
+def shared_layer() -> BaseChannelLayer | None:
+    """The channel layer that carries wake-ups between processes, if any.
+
+    ``InMemoryChannelLayer`` reaches no other process and does O(channels +
+    groups) work per call, so the hub wakes local polls directly instead.
+    """
+    layer = get_channel_layer(conf.LONGPOLL_CHANNEL_LAYER)
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return None
+    return layer
+

@@ -1,0 +1,465 @@
+"""The poll and send endpoints, driven through the project's ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+import longpoll_app
+from longpoll_app import handlers
+from longpoll_app.api import send_to_session
+from longpoll_app.hub import Hub
+from longpoll_app.models import ClientMessage, LongpollSession, Message
+
+from .conftest import Browser
+
+asend = sync_to_async(send_to_session)
+
+
+# -- polling -------------------------------------------------------------------
+
+
+async def test_pending_messages_answer_at_once_in_one_batch(browser: Browser, layer: str) -> None:
+    for n in range(3):
+        await asend(browser.session_key, "tick", {"n": n})
+    response = await browser.poll(None)
+    assert response.status == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json() == {
+        "messages": [{"id": n + 1, "type": "tick", "data": {"n": n}} for n in range(3)],
+        "cursor": 3,
+        "gap": False,
+    }
+
+
+async def test_held_poll_answers_when_a_message_is_sent(browser: Browser, layer: str) -> None:
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.3)
+    await asend(browser.session_key, "hello", [1, 2])
+    response = await held.response(timeout=1.0)
+    assert response.status == 200
+    assert response.json()["messages"] == [{"id": 1, "type": "hello", "data": [1, 2]}]
+
+
+async def test_idle_poll_answers_empty_after_the_hold(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.3
+    response = await browser.poll(None)
+    assert response.status == 204
+    assert response.body == b""
+    assert response.headers["cache-control"] == "no-store"
+
+
+async def test_empty_status_can_be_304_for_old_clients(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.2
+    settings.LONGPOLL_EMPTY_STATUS = 304
+    assert (await browser.poll(None)).status == 304
+
+
+async def test_cursor_acknowledges_and_next_poll_gets_only_newer(browser: Browser, layer: str) -> None:
+    await asend(browser.session_key, "a", 1)
+    await asend(browser.session_key, "b", 2)
+    first = (await browser.poll(None)).json()
+    await asend(browser.session_key, "c", 3)
+    second = (await browser.poll(first["cursor"])).json()
+    assert [m["id"] for m in second["messages"]] == [3]
+    await Hub.current().flush_acks()
+    remaining = await sync_to_async(list)(Message.objects.values_list("seq", flat=True))
+    assert remaining == [3]  # 1 and 2 were acknowledged by the second poll's cursor
+
+
+async def test_lost_response_is_delivered_again(browser: Browser) -> None:
+    await asend(browser.session_key, "a", 1)
+    first = await browser.poll(None)
+    # The page never saw that answer, so it polls again with its old cursor.
+    again = await browser.poll(None)
+    assert again.json()["messages"] == first.json()["messages"]
+
+
+async def test_batch_limit_splits_a_burst(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_BATCH_SIZE = 4
+    for n in range(10):
+        await asend(browser.session_key, "n", n)
+    cursor, seen = None, []
+    while len(seen) < 10:
+        body = (await browser.poll(cursor)).json()
+        seen += [m["data"] for m in body["messages"]]
+        cursor = body["cursor"]
+        assert len(body["messages"]) <= 4
+    assert seen == list(range(10))
+
+
+async def test_gap_reported_when_queue_cap_dropped_messages(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_MAX_QUEUE = 3
+    await asend(browser.session_key, "m", 0)
+    first = (await browser.poll(None)).json()
+    for n in range(1, 6):
+        await asend(browser.session_key, "m", n)
+    body = (await browser.poll(first["cursor"])).json()
+    assert body["gap"] is True
+    assert [m["data"] for m in body["messages"]] == [3, 4, 5]
+
+
+async def test_gap_reported_when_messages_expired(browser: Browser, settings: Any) -> None:
+    await asend(browser.session_key, "old", 1)
+    settings.LONGPOLL_RETENTION = 0.001
+    await asyncio.sleep(0.01)
+    body = (await browser.poll(0)).json()
+    assert body == {"messages": [], "cursor": 1, "gap": True}
+
+
+async def test_cursor_from_an_earlier_record_restarts_with_a_gap(browser: Browser) -> None:
+    await asend(browser.session_key, "x", 1)
+    body = (await browser.poll(500)).json()
+    assert body["gap"] is True
+    assert [m["id"] for m in body["messages"]] == [1]
+
+
+async def test_disconnect_while_held_leaves_nothing_behind(browser: Browser, layer: str) -> None:
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.2)
+    hub = Hub.current()
+    follow = hub.follows[browser.session_key]
+    assert follow.held == 1 and len(follow.waiters) == 1
+    await held.disconnect()
+    assert follow.held == 0 and not follow.waiters
+    # A message sent after the browser left waits in the store for the next poll.
+    await asend(browser.session_key, "later", None)
+    assert (await browser.poll(None)).json()["messages"][0]["type"] == "later"
+    gc.collect()
+    leftover = [t for t in asyncio.all_tasks() if "LongpollConsumer" in repr(t.get_coro())]
+    assert leftover == []
+
+
+async def test_many_aborted_polls_do_not_accumulate(browser: Browser) -> None:
+    hub_polls = []
+    for _ in range(50):
+        held = browser.start({"cursor": None})
+        assert not await held.answered_within(0.01)
+        hub_polls.append(Hub.current().held_polls())
+        await held.disconnect()
+    assert max(hub_polls) == 1
+    assert Hub.current().held_polls() == 0
+
+
+async def test_idle_repoll_reads_nothing_from_the_store(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.2
+    await asend(browser.session_key, "a", 1)
+    cursor = (await browser.poll(None)).json()["cursor"]
+    await asyncio.sleep(0.1)  # let the watcher establish its watermark
+    assert (await browser.poll(cursor)).status == 204  # reads the store once more
+    from django.db import connections
+
+    reads = []
+
+    def count(execute: Any, sql: str, *args: Any) -> Any:
+        if "longpoll_app_message" in sql and "SELECT" in sql and "MAX" not in sql:
+            reads.append(sql)
+        return execute(sql, *args)
+
+    def install() -> Any:
+        return connections["default"].execute_wrapper(count)
+
+    from longpoll_app import store
+
+    calls = []
+    original = store.read
+    store.read = lambda *a, **k: calls.append(a) or original(*a, **k)  # type: ignore[assignment]
+    try:
+        assert (await browser.poll(cursor)).status == 204
+    finally:
+        store.read = original  # type: ignore[assignment]
+    assert calls == []
+
+
+async def test_too_many_polls_for_one_session(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_MAX_POLLS_PER_SESSION = 2
+    held = [browser.start({"cursor": None}) for _ in range(2)]
+    for h in held:
+        assert not await h.answered_within(0.1)
+    refused = await browser.poll(None)
+    assert refused.status == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "too_many_polls"
+    for h in held:
+        await h.disconnect()
+
+
+async def test_session_ended_while_held_answers_403(browser: Browser) -> None:
+    from longpoll_app.api import end_session
+
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.1)
+    await sync_to_async(end_session)(browser.session_key)
+    response = await held.response(1.0)
+    assert response.status == 403
+    assert response.json()["error"] == "no_session"
+
+
+# -- refusals: each documented status -------------------------------------------
+
+
+async def test_forged_session_is_refused_and_creates_nothing(browser: Browser) -> None:
+    forged = Browser("x" * 32, csrf=browser.csrf)
+    response = await forged.poll(None)
+    assert response.status == 403
+    assert response.json()["error"] == "no_session"
+    assert await LongpollSession.objects.acount() == 0
+
+
+async def test_no_session_cookie_is_refused(browser: Browser) -> None:
+    response = await browser.request({"cursor": None}, cookies={"csrftoken": browser.csrf})
+    assert response.status == 403
+    assert response.json()["error"] == "no_session"
+
+
+@pytest.mark.parametrize(
+    ("headers", "cookies", "reason"),
+    [
+        ({"x-csrftoken": None}, None, "CSRF token missing"),
+        ({"x-csrftoken": "w" * 32}, None, "HTTP header incorrect"),
+        ({"origin": "http://evil.example"}, None, "Origin checking failed"),
+        ({}, {"sessionid": "will-be-set"}, "CSRF cookie not set"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/longpoll/poll/", "/longpoll/send/"])
+async def test_csrf_is_enforced_by_django(
+    browser: Browser, path: str, headers: dict[str, Any], cookies: Any, reason: str
+) -> None:
+    if cookies is not None:
+        cookies = {"sessionid": browser.session_key}
+    response = await browser.request(
+        {"cursor": None}, path=path, headers=headers, cookies=cookies
+    )
+    assert response.status == 403
+    assert response.json()["error"] == "csrf_failed"
+    assert reason in response.json()["detail"]
+
+
+async def test_csrf_trusted_origins_are_honoured(browser: Browser, settings: Any) -> None:
+    settings.CSRF_TRUSTED_ORIGINS = ["https://app.example.com"]
+    settings.LONGPOLL_TIMEOUT = 0.1
+    response = await browser.request({"cursor": None}, headers={"origin": "https://app.example.com"})
+    assert response.status == 204
+
+
+async def test_csrf_token_in_the_session(browser: Browser, settings: Any) -> None:
+    from django.middleware.csrf import CSRF_SESSION_KEY
+
+    settings.CSRF_USE_SESSIONS = True
+    settings.LONGPOLL_TIMEOUT = 0.1
+    from longpoll_app.store import session_store
+
+    def store_token() -> None:
+        session = session_store(browser.session_key)
+        session[CSRF_SESSION_KEY] = browser.csrf
+        session.save()
+
+    await sync_to_async(store_token)()
+    ok = await browser.request({"cursor": None}, cookies={"sessionid": browser.session_key})
+    assert ok.status == 204
+    bad = await browser.request(
+        {"cursor": None}, cookies={"sessionid": browser.session_key}, headers={"x-csrftoken": "z" * 32}
+    )
+    assert bad.status == 403
+
+
+async def test_host_outside_allowed_hosts(browser: Browser) -> None:
+    response = await browser.request({"cursor": None}, headers={"host": "evil.example"})
+    assert response.status == 400
+    assert response.json()["error"] == "disallowed_host"
+    assert "evil.example" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[1, 2]", "invalid_body"),
+        (b'{"cursor": "7"}', "invalid_cursor"),
+        (b'{"cursor": 1.5}', "invalid_cursor"),
+        (b'{"cursor": true}', "invalid_cursor"),
+        (b'{"cursor": -1}', "invalid_cursor"),
+        (b'{"cursor": 99999999999999999999}', "invalid_cursor"),
+        (b'{"cursor": 1, "extra": 2}', "invalid_body"),
+    ],
+)
+async def test_malformed_poll_bodies_are_400(browser: Browser, body: bytes, code: str) -> None:
+    response = await browser.request(body)
+    assert response.status == 400
+    assert response.json()["error"] == code
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/longpoll/poll/", "/longpoll/send/"])
+async def test_wrong_method_is_405(browser: Browser, path: str) -> None:
+    response = await browser.request(b"", path=path, method="GET")
+    assert response.status == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+async def test_body_over_the_limit_is_413(browser: Browser, settings: Any) -> None:
+    settings.LONGPOLL_MAX_MESSAGE_BYTES = 100
+    big = {"id": "a", "type": "t", "data": "x" * 200}
+    response = await browser.request(big, path="/longpoll/send/")
+    assert response.status == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+async def test_database_outage_is_503_with_retry_after(browser: Browser, monkeypatch: Any) -> None:
+    from django.db import OperationalError
+
+    from longpoll_app import store
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(store, "verify_session", down)
+    response = await browser.poll(None)
+    assert response.status == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "unavailable"
+
+
+# -- client-to-server messages ---------------------------------------------------
+
+
+@pytest.fixture
+def registered() -> Any:
+    saved = dict(handlers._handlers)
+    handlers._handlers.clear()  # the demo's own handlers are not part of these tests
+    yield handlers._handlers
+    handlers._handlers.clear()
+    handlers._handlers.update(saved)
+
+
+async def test_send_reaches_a_sync_handler_that_replies(
+    browser: Browser, registered: Any, layer: str
+) -> None:
+    received = []
+
+    @longpoll_app.handler("chat.message")
+    def on_chat(session_key: str, user: Any, data: Any) -> None:
+        received.append((session_key, user.is_anonymous, data))
+        send_to_session(session_key, "chat.echo", data)
+
+    response = await browser.send("m-1", "chat.message", {"text": "<script>alert(1)</script>"})
+    assert response.status == 200
+    assert response.json() == {"ok": True}
+    assert received == [(browser.session_key, True, {"text": "<script>alert(1)</script>"})]
+    echoed = (await browser.poll(None)).json()["messages"]
+    assert echoed == [{"id": 1, "type": "chat.echo", "data": {"text": "<script>alert(1)</script>"}}]
+
+
+async def test_async_handler_and_signal_see_the_logged_in_user(
+    make_browser: Any, registered: Any, django_user_model: Any
+) -> None:
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    user = await django_user_model.objects.acreate(username="ada")
+    browser = await sync_to_async(make_browser)(
+        **{
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        }
+    )
+    seen: list[Any] = []
+
+    @longpoll_app.handler("ping")
+    async def on_ping(session_key: str, user: Any, data: Any) -> None:
+        seen.append(("handler", user.username, data))
+
+    def on_signal(sender: Any, **kwargs: Any) -> None:
+        seen.append(("signal", kwargs["user"].username, kwargs["type"]))
+
+    longpoll_app.message_received.connect(on_signal)
+    try:
+        assert (await browser.send("p1", "ping", 5)).status == 200
+    finally:
+        longpoll_app.message_received.disconnect(on_signal)
+    assert seen == [("handler", "ada", 5), ("signal", "ada", "ping")]
+
+
+async def test_retried_client_id_is_handled_once(browser: Browser, registered: Any) -> None:
+    calls = []
+
+    @longpoll_app.handler("once")
+    def on_once(session_key: str, user: Any, data: Any) -> None:
+        calls.append(data)
+
+    first = await browser.send("retry-me", "once", 1)
+    second = await browser.send("retry-me", "once", 1)
+    assert first.json() == {"ok": True}
+    assert second.json() == {"ok": True, "duplicate": True}
+    assert calls == [1]
+    assert await ClientMessage.objects.acount() == 1
+
+
+async def test_failed_handler_can_be_retried(browser: Browser, registered: Any) -> None:
+    attempts = []
+
+    @longpoll_app.handler("flaky")
+    def on_flaky(session_key: str, user: Any, data: Any) -> None:
+        attempts.append(data)
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+
+    failed = await browser.send("f1", "flaky", None)
+    assert failed.status == 500
+    assert failed.json()["error"] == "handler_failed"
+    assert (await browser.send("f1", "flaky", None)).json() == {"ok": True}
+    assert len(attempts) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"id": "", "type": "t"}, "invalid_id"),
+        ({"id": "has space", "type": "t"}, "invalid_id"),
+        ({"id": 5, "type": "t"}, "invalid_id"),
+        ({"id": "a", "type": ""}, "invalid_type"),
+        ({"id": "a", "type": ["x"]}, "invalid_type"),
+        ({"id": "a", "type": "t" * 101}, "invalid_type"),
+        ({"id": "a", "type": "t", "more": 1}, "invalid_body"),
+        ({"id": "a", "type": "nobody.listens"}, "unknown_type"),
+    ],
+)
+async def test_malformed_client_messages_are_400(
+    browser: Browser, body: dict[str, Any], code: str
+) -> None:
+    response = await browser.request(body, path="/longpoll/send/")
+    assert response.status == 400
+    assert response.json()["error"] == code
+
+
+async def test_send_rate_limit_is_429_with_retry_after(
+    browser: Browser, registered: Any, settings: Any
+) -> None:
+    settings.LONGPOLL_SEND_BURST = 3
+    settings.LONGPOLL_SEND_RATE = 0.5
+
+    @longpoll_app.handler("spam")
+    def on_spam(session_key: str, user: Any, data: Any) -> None:
+        pass
+
+    statuses = [(await browser.send(f"s{n}", "spam")).status for n in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = await browser.send("s5", "spam")
+    assert refused.json()["error"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_send_without_session_is_403(browser: Browser, registered: Any) -> None:
+    @longpoll_app.handler("t")
+    def on_t(session_key: str, user: Any, data: Any) -> None:
+        raise AssertionError("must not run")
+
+    response = await Browser("y" * 32, csrf=browser.csrf).send("a", "t")
+    assert response.status == 403
+    assert response.json()["error"] == "no_session"
