@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -89,9 +90,7 @@ def session_key_of(session: SessionLike) -> str:
         return key
     if isinstance(session, str) and session:
         return session
-    raise TypeError(
-        f"session must be a session key, a SessionBase or a request, not {session!r}."
-    )
+    raise TypeError(f"session must be a session key, a SessionBase or a request, not {session!r}.")
 
 
 def wake(queued: store.Queued) -> None:
@@ -104,10 +103,8 @@ def wake(queued: store.Queued) -> None:
 
 
 def _call_in_loop(hub: Hub, fn: Any, *args: Any) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # that loop closed since it was listed
         hub.loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # that loop closed since it was listed
-        pass
 
 
 def _group_send(group: str, message: dict[str, Any]) -> None:
@@ -125,4 +122,6 @@ def _check_serializable(message_type: str, data: Any) -> None:
     try:
         json.dumps(data)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"Data for message type {message_type!r} is not JSON-serializable: {exc}") from None
+        raise TypeError(
+            f"Data for message type {message_type!r} is not JSON-serializable: {exc}"
+        ) from None

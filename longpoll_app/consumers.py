@@ -12,6 +12,7 @@ task's ``finally`` blocks give back everything it held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -62,10 +63,8 @@ class LongpollConsumer(AsyncConsumer):
         self.base_send = send
         self.body = bytearray()
         self.task: asyncio.Task[None] | None = None
-        try:
+        with contextlib.suppress(StopConsumer):
             await await_many_dispatch([receive], self.dispatch)
-        except StopConsumer:
-            pass
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # AsyncConsumer.dispatch checks the DB connections in a worker thread
@@ -102,7 +101,9 @@ class LongpollConsumer(AsyncConsumer):
     def _too_large(self) -> Answer:
         limit = conf.LONGPOLL_MAX_MESSAGE_BYTES
         error = ProtocolError(
-            413, "body_too_large", f"The body is larger than LONGPOLL_MAX_MESSAGE_BYTES ({limit} bytes)."
+            413,
+            "body_too_large",
+            f"The body is larger than LONGPOLL_MAX_MESSAGE_BYTES ({limit} bytes).",
         )
         return error.status, error.body(), error.headers
 
@@ -123,7 +124,10 @@ class LongpollConsumer(AsyncConsumer):
     async def _checked_answer(self, body: bytes) -> Answer:
         if self.scope["method"] != "POST":
             raise ProtocolError(
-                405, "method_not_allowed", f"Use POST, not {self.scope['method']}.", {"Allow": "POST"}
+                405,
+                "method_not_allowed",
+                f"Use POST, not {self.scope['method']}.",
+                {"Allow": "POST"},
             )
         request = build_request(self.scope, body)
         check_host(request)
@@ -146,7 +150,9 @@ class LongpollConsumer(AsyncConsumer):
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         headers.append((b"content-length", str(len(body)).encode()))
         try:
-            await self.base_send({"type": "http.response.start", "status": status, "headers": headers})
+            await self.base_send(
+                {"type": "http.response.start", "status": status, "headers": headers}
+            )
             await self.base_send({"type": "http.response.body", "body": body})
         except Exception as exc:  # the client left while we answered; nothing to tell it
             log.debug("longpoll: could not send the answer: %s", exc)

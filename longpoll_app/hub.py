@@ -85,7 +85,7 @@ class Follow:
 class Hub:
     """Held polls of one event loop, and the wake-ups that end them."""
 
-    _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}  # noqa: RUF012
+    _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
     _hubs_lock = threading.Lock()
 
     def __init__(self, loop: asyncio.AbstractEventLoop, layer: BaseChannelLayer | None) -> None:
@@ -177,7 +177,9 @@ class Hub:
             return False
         since = max(self.trust_since, follow.subscribed_at)
         now = self.loop.time()
-        return since <= follow.checked_at and now - follow.checked_at < conf.LONGPOLL_SESSION_RECHECK
+        return (
+            since <= follow.checked_at and now - follow.checked_at < conf.LONGPOLL_SESSION_RECHECK
+        )
 
     async def subscribe(self, follow: Follow) -> None:
         """Make sure wake-ups for this session reach this hub."""
@@ -254,7 +256,9 @@ class Hub:
             await run_in_thread(store.acknowledge)(acks)
         except Exception:
             # Kept for the next batch; meanwhile the rows are only read past.
-            log.warning("longpoll: could not delete acknowledged messages; will retry", exc_info=True)
+            log.warning(
+                "longpoll: could not delete acknowledged messages; will retry", exc_info=True
+            )
             for pk, cursor in acks.items():
                 self.pending_acks[pk] = max(cursor, self.pending_acks.get(pk, 0))
             if self._ack_flush is None:
@@ -298,7 +302,10 @@ class Hub:
             self._wake_all(follow)
         if not self._outage:
             self._outage = True
-            log.error("longpoll: channel layer unreachable (%s); polls read the store until it returns", exc)
+            log.error(
+                "longpoll: channel layer unreachable (%s); polls read the store until it returns",
+                exc,
+            )
 
     def _recovered(self) -> None:
         self.trust_since = self.loop.time()
@@ -377,4 +384,3 @@ def shared_layer() -> BaseChannelLayer | None:
     if layer is None or isinstance(layer, InMemoryChannelLayer):
         return None
     return layer
-

@@ -89,5 +89,7 @@ class ClientMessage(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["session", "client_id"], name="longpoll_clientmessage_once")
+            models.UniqueConstraint(
+                fields=["session", "client_id"], name="longpoll_clientmessage_once"
+            )
         ]

@@ -23,9 +23,9 @@ def purge_on_logout(sender: Any, request: HttpRequest | None, **kwargs: Any) -> 
 @receiver(user_logged_in, dispatch_uid="longpoll_logged_in")
 def record_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     """Note the user of the (new) session key, so ``send_to_user`` reaches it."""
-    key = request.session.session_key if request is not None else None
-    if key:
-        store.verify_session(key, polled=False)
+    session = getattr(request, "session", None)
+    if session is not None and session.session_key:
+        store.record_user(session.session_key, user.pk, session.get_expiry_date())
 
 
 def purge_deleted_session(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -43,8 +43,8 @@ class LongpollRouter:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             consumer = self.routes().get(path)
             if consumer is not None:
-                return await consumer(scope, receive, send)  # type: ignore[no-any-return]
-        return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+                return await consumer(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def longpoll_router(app: ASGIApp) -> LongpollRouter:

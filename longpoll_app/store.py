@@ -22,6 +22,8 @@ from django.utils import timezone
 from .conf import conf
 from .models import ClientMessage, LongpollSession, Message, session_fingerprint
 
+__all__ = ["session_fingerprint"]  # re-exported for callers of the store
+
 
 def wake_group(session_key: str) -> str:
     """The channel-layer group that carries a session's wake-ups.
@@ -76,7 +78,7 @@ class Queued:
 
 
 def verify_session(
-    session_key: str, ip_address: str | None = None, user_agent: str = "", polled: bool = True
+    session_key: str, ip_address: str | None = None, user_agent: str = ""
 ) -> SessionRecord | None:
     """Check that the key names a live session and record that it polls.
 
@@ -86,13 +88,14 @@ def verify_session(
     if session is None:
         return None
     user_id = session.get(AUTH_USER_ID_KEY)
-    fields: dict[str, Any] = {
+    # Written when the hub re-checks the session, not on every poll.
+    fields = {
         "user_id": _user_pk(user_id),
         "expires_at": session.get_expiry_date(),
+        "ip_address": ip_address,
+        "user_agent": user_agent[:255],
+        "last_poll": timezone.now(),
     }
-    if polled:
-        # Written when the hub re-checks the session, not on every poll.
-        fields.update(ip_address=ip_address, user_agent=user_agent[:255], last_poll=timezone.now())
     row, _ = LongpollSession.objects.update_or_create(
         session_key=session_key,
         defaults=fields,
@@ -101,12 +104,22 @@ def verify_session(
     return SessionRecord(pk=row.pk, last_id=row.last_id, acked_id=row.acked_id)
 
 
+def record_user(session_key: str, user_pk: Any, expires_at: datetime) -> None:
+    """Note who a session belongs to (at login, before the session is saved)."""
+    fields = {"user_id": user_pk, "expires_at": expires_at}
+    LongpollSession.objects.update_or_create(
+        session_key=session_key,
+        defaults=fields,
+        create_defaults={**fields, "fingerprint": session_fingerprint(session_key)},
+    )
+
+
 def _user_pk(raw: Any) -> Any:
     if raw is None:
         return None
     from django.contrib.auth import get_user_model
 
-    return get_user_model()._meta.pk.to_python(raw)  # type: ignore[union-attr]
+    return get_user_model()._meta.pk.to_python(raw)
 
 
 def ensure_session_row(session_key: str) -> LongpollSession:
@@ -175,9 +188,9 @@ def read(session_pk: int, cursor: int | None, limit: int) -> Batch | None:
         .values_list("seq", "type", "data")[:limit]
     )
     messages = [{"id": seq, "type": type_, "data": data} for seq, type_, data in rows]
-    if messages:
-        new_cursor = messages[-1]["id"]
-        missed = messages[0]["id"] > after + 1
+    if rows:
+        new_cursor = rows[-1][0]
+        missed = rows[0][0] > after + 1
     else:
         new_cursor = last_id
         missed = last_id > after
@@ -231,7 +244,9 @@ def record_client_message(session_pk: int, client_id: str) -> bool:
     ).delete()
     try:
         with transaction.atomic():
-            ClientMessage.objects.create(session_id=session_pk, client_id=client_id, received_at=now)
+            ClientMessage.objects.create(
+                session_id=session_pk, client_id=client_id, received_at=now
+            )
     except IntegrityError:
         return False
     return True
@@ -244,7 +259,9 @@ def forget_client_message(session_pk: int, client_id: str) -> None:
 
 def end_session(session_key: str) -> int | None:
     """Delete a session's record and queue; the pk it had, if any."""
-    row = LongpollSession.objects.filter(session_key=session_key).values_list("pk", flat=True).first()
+    row = (
+        LongpollSession.objects.filter(session_key=session_key).values_list("pk", flat=True).first()
+    )
     if row is not None:
         LongpollSession.objects.filter(pk=row).delete()
     return row

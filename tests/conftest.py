@@ -82,14 +82,18 @@ class Browser:
         held.sent = asyncio.ensure_future(comm.send_input({"type": "http.request", "body": raw}))
         return held
 
-    async def request(self, body: Any = None, timeout: float = 5.0, **scope_kwargs: Any) -> Response:
+    async def request(
+        self, body: Any = None, timeout: float = 5.0, **scope_kwargs: Any
+    ) -> Response:
         return await self.start(body, **scope_kwargs).response(timeout)
 
     async def poll(self, cursor: int | None = None, timeout: float = 5.0) -> Response:
         return await self.request({"cursor": cursor}, timeout=timeout)
 
     async def send(self, client_id: str, type: str, data: Any = None) -> Response:
-        return await self.request({"id": client_id, "type": type, "data": data}, path="/longpoll/send/")
+        return await self.request(
+            {"id": client_id, "type": type, "data": data}, path="/longpoll/send/"
+        )
 
 
 @dataclass
