@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from .conf import DEFAULTS
 
@@ -83,3 +83,36 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+REDIS_BLOCKING_READ = 5.0  # seconds channels-redis blocks in one receive (brpop_timeout)
+
+
+@register(Tags.compatibility)
+def check_redis_socket_timeout(**kwargs: Any) -> list[CheckMessage]:
+    """redis-py 8 reads time out after 5 s by default, as long as channels-redis's
+    blocking receive: every receive then fails with "Timeout reading from ..."
+    (channels_redis issue 422), and wake-ups stop arriving."""
+    try:
+        import redis
+    except ImportError:
+        return []
+    if int(redis.__version__.split(".")[0]) < 8:
+        return []
+    warnings: list[CheckMessage] = []
+    for alias, layer in getattr(settings, "CHANNEL_LAYERS", {}).items():
+        if "channels_redis" not in str(layer.get("BACKEND", "")):
+            continue
+        for host in layer.get("CONFIG", {}).get("hosts", []) or [None]:
+            timeout = host.get("socket_timeout", 5.0) if isinstance(host, dict) else 5.0
+            if timeout is not None and timeout <= REDIS_BLOCKING_READ:
+                warnings.append(
+                    Warning(
+                        f"CHANNEL_LAYERS[{alias!r}] uses redis-py {redis.__version__}, whose "
+                        f"socket_timeout ({timeout} s) ends channels-redis's {REDIS_BLOCKING_READ:g} s "
+                        "blocking receive: wake-ups will not arrive.",
+                        hint='Give each host as {"address": URL, "socket_timeout": 15}.',
+                        id="longpoll_app.W001",
+                    )
+                )
+    return warnings

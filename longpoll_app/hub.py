@@ -185,7 +185,8 @@ class Hub:
         """Make sure wake-ups for this session reach this hub."""
         if self.layer is None or self.channel_name is None:
             return
-        if self.loop.time() - follow.subscribed_at < RESUBSCRIBE_AFTER:
+        joined = math.isfinite(follow.subscribed_at)
+        if joined and self.loop.time() - follow.subscribed_at < RESUBSCRIBE_AFTER:
             return
         started = self.loop.time()
         try:
@@ -272,7 +273,7 @@ class Hub:
         while True:
             try:
                 if self.channel_name is None:
-                    self.channel_name = await self.layer.new_channel("longpoll.hub.")
+                    self.channel_name = await self.layer.new_channel("longpoll.hub")
                     self._recovered()
                 message = await self.layer.receive(self.channel_name)
             except asyncio.CancelledError:

@@ -96,7 +96,9 @@ if os.environ.get("REDIS_URL"):
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [os.environ["REDIS_URL"]],
+                # redis-py 8 times socket reads out after 5 s by default, which
+                # is channels-redis's own blocking-receive time: give it room.
+                "hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": 15}],
                 # One hub channel per process receives every wake-up for the
                 # sessions it holds polls for: give it room for bursts.
                 "capacity": 10_000,

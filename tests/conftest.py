@@ -166,20 +166,38 @@ def redis_available() -> bool:
         return False
 
 
+def use_redis_layer(settings: Any) -> None:
+    if not redis_available():
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}; .ci/run starts it")
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": 10_000,
+            },
+        }
+    }
+
+
+def flush_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def layer(request: pytest.FixtureRequest, settings: Any) -> Iterator[str]:
     """Run the test once with the in-process layer and once with real Redis."""
     if request.param == "redis":
-        if not redis_available():
-            pytest.skip(f"Redis is not reachable at {REDIS_URL}; .ci/run starts it")
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [REDIS_URL], "capacity": 10_000},
-            }
-        }
+        use_redis_layer(settings)
     yield request.param
     if request.param == "redis":
-        import redis
+        flush_redis()
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
+
+@pytest.fixture
+def redis_layer(settings: Any) -> Iterator[None]:
+    use_redis_layer(settings)
+    yield
+    flush_redis()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from longpoll_app.checks import check_sessions, check_settings
+from longpoll_app.checks import check_redis_socket_timeout, check_sessions, check_settings
 
 
 def ids(messages: list[Any]) -> list[str]:
@@ -54,3 +54,24 @@ def test_bad_setting_types_are_refused(settings: Any, name: str, value: Any) -> 
 def test_unknown_channel_layer_alias(settings: Any) -> None:
     settings.LONGPOLL_CHANNEL_LAYER = "pushes"
     assert ids(check_settings()) == ["longpoll_app.E004"]
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ({"address": "redis://127.0.0.1:6379/0"}, True),
+        ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": 15}, False),
+        ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}, False),
+    ],
+)
+def test_redis_socket_timeout_shorter_than_blocking_receive(
+    settings: Any, host: Any, warned: bool
+) -> None:
+    import redis
+
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}
+    }
+    expected = ["longpoll_app.W001"] if warned and int(redis.__version__.split(".")[0]) >= 8 else []
+    assert ids(check_redis_socket_timeout()) == expected

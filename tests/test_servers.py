@@ -46,6 +46,8 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, S
     for server in servers:
         server.stop()
         assert "Traceback" not in server.log(), server.log()
+        # Wake-ups must have come through Redis all along, not the store fallback.
+        assert "channel layer unreachable" not in server.log(), server.log()
 
 
 def held(pool: ThreadPoolExecutor, browser: HttpBrowser, server: Server, cursor: int | None) -> Any:

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,50 +14,101 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='LongpollSession',
+            name="LongpollSession",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_key', models.CharField(max_length=40, unique=True)),
-                ('fingerprint', models.CharField(db_index=True, editable=False, max_length=16)),
-                ('last_id', models.BigIntegerField(default=0)),
-                ('acked_id', models.BigIntegerField(default=0, help_text='Id of the newest message the browser acknowledged.')),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('ip_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('user_agent', models.CharField(blank=True, max_length=255)),
-                ('first_seen', models.DateTimeField(auto_now_add=True)),
-                ('last_poll', models.DateTimeField(blank=True, null=True)),
-                ('delivered', models.BigIntegerField(default=0)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='longpoll_sessions', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("session_key", models.CharField(max_length=40, unique=True)),
+                ("fingerprint", models.CharField(db_index=True, editable=False, max_length=16)),
+                ("last_id", models.BigIntegerField(default=0)),
+                (
+                    "acked_id",
+                    models.BigIntegerField(
+                        default=0, help_text="Id of the newest message the browser acknowledged."
+                    ),
+                ),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("ip_address", models.GenericIPAddressField(blank=True, null=True)),
+                ("user_agent", models.CharField(blank=True, max_length=255)),
+                ("first_seen", models.DateTimeField(auto_now_add=True)),
+                ("last_poll", models.DateTimeField(blank=True, null=True)),
+                ("delivered", models.BigIntegerField(default=0)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="longpoll_sessions",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'long-poll session',
+                "verbose_name": "long-poll session",
             },
         ),
         migrations.CreateModel(
-            name='ClientMessage',
+            name="ClientMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('client_id', models.CharField(max_length=64)),
-                ('received_at', models.DateTimeField(db_index=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='client_messages', to='longpoll_app.longpollsession')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("client_id", models.CharField(max_length=64)),
+                ("received_at", models.DateTimeField(db_index=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="client_messages",
+                        to="longpoll_app.longpollsession",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('session', 'client_id'), name='longpoll_clientmessage_once')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "client_id"), name="longpoll_clientmessage_once"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('seq', models.BigIntegerField(help_text='Id of the message within its session.')),
-                ('type', models.CharField(max_length=100)),
-                ('data', models.JSONField(null=True)),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('session', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='longpoll_app.longpollsession')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("seq", models.BigIntegerField(help_text="Id of the message within its session.")),
+                ("type", models.CharField(max_length=100)),
+                ("data", models.JSONField(null=True)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                (
+                    "session",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="longpoll_app.longpollsession",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['session', 'seq'],
-                'constraints': [models.UniqueConstraint(fields=('session', 'seq'), name='longpoll_message_session_seq')],
+                "ordering": ["session", "seq"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("session", "seq"), name="longpoll_message_session_seq"
+                    )
+                ],
             },
         ),
     ]
