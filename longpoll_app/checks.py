@@ -18,6 +18,10 @@ def _positive_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
+def _non_negative_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -36,6 +40,12 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "LONGPOLL_SESSION_RECHECK": (_positive_number, "a positive number of seconds"),
     "LONGPOLL_WATCH_INTERVAL": (_positive_number, "a positive number of seconds"),
     "LONGPOLL_CHANNEL_LAYER": (lambda v: isinstance(v, str) and bool(v), "a CHANNEL_LAYERS alias"),
+    "LONGPOLL_STATUS_INTERVAL": (_positive_number, "a positive number of seconds"),
+    "LONGPOLL_CLEANUP_INTERVAL": (
+        _non_negative_number,
+        "a positive number of seconds, or 0 for no automatic clean-up",
+    ),
+    "LONGPOLL_CLEANUP_BATCH": (_positive_int, "a positive integer"),
 }
 
 
@@ -109,8 +119,8 @@ def check_redis_socket_timeout(**kwargs: Any) -> list[CheckMessage]:
                 warnings.append(
                     Warning(
                         f"CHANNEL_LAYERS[{alias!r}] uses redis-py {redis.__version__}, whose "
-                        f"socket_timeout ({timeout} s) ends channels-redis's {REDIS_BLOCKING_READ:g} s "
-                        "blocking receive: wake-ups will not arrive.",
+                        f"socket_timeout ({timeout} s) ends channels-redis's "
+                        f"{REDIS_BLOCKING_READ:g} s blocking receive: wake-ups will not arrive.",
                         hint='Give each host as {"address": URL, "socket_timeout": 15}.',
                         id="longpoll_app.W001",
                     )

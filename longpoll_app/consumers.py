@@ -204,8 +204,10 @@ class PollConsumer(LongpollConsumer):
     ) -> Answer:
         loop = hub.loop
         deadline = loop.time() + conf.LONGPOLL_TIMEOUT
-        await hub.subscribe(follow)  # before reading the store, so no wake-up falls between
         while True:
+            # Before reading the store, so that no wake-up falls in between; again
+            # after an outage, when the layer forgot the groups.
+            await hub.subscribe(follow)
             if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
                 batch = await self._read(hub, follow, request, cursor)
                 if cursor is not None:

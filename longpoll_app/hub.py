@@ -46,6 +46,8 @@ IDLE_GRACE = 30.0  # seconds a session may go without polling before the hub for
 RESUBSCRIBE_AFTER = 3600.0  # seconds; well inside channels-redis's default group_expiry
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one delete removes them all
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between attempts to reach the layer again
+CLOSE_TIMEOUT = 2.0  # seconds aclose() waits for the hub's tasks to stop
+PROBE_GROUP = "longpoll.probe"  # a group nobody joins: leaving it is a harmless round trip
 
 
 def run_in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,8 +124,12 @@ class Hub:
             return [hub for loop, hub in cls._hubs.items() if not loop.is_closed()]
 
     def _start(self) -> None:
+        from . import retention, stats
+
         self._spawn(self._receive_loop() if self.layer is not None else self._watch_loop())
         self._spawn(self._sweep_loop())
+        self._spawn(stats.report_loop(self))  # held polls, for the admin and the stats
+        self._spawn(retention.cleanup_loop())
 
     def _spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -134,7 +140,9 @@ class Hub:
         """Stop the hub's tasks; for tests and orderly shutdown."""
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a channel-layer receive may take a moment to notice.
+            await asyncio.wait(list(self._tasks), timeout=CLOSE_TIMEOUT)
         await self.flush_acks()
         for follow in list(self.follows.values()):
             self._wake_all(follow)
@@ -191,11 +199,11 @@ class Hub:
         started = self.loop.time()
         try:
             await self.layer.group_add(follow.group, self.channel_name)
-        except Exception as exc:  # the layer is down: polls fall back to reading the store
-            self._report_outage(exc)
+        except Exception as exc:
+            # Untrusted until a later poll joins: its polls read the store meanwhile.
+            # A real outage also breaks the receive loop, which reports it once.
+            log.debug("longpoll: could not join %s: %s", follow.group, exc)
             return
-        if self._outage:
-            self._recovered()
         follow.subscribed_at = started
 
     async def wait(self, follow: Follow, timeout: float) -> bool:
@@ -225,6 +233,28 @@ class Hub:
         follow.ended = True
         self.follows.pop(follow.session_key, None)
         self._wake_all(follow)
+
+    def end_key(self, group: str, session_pk: int) -> None:
+        """The session's key changed: answer the polls held with the old key
+        (the one whose wake-up group is ``group``) as ended, and forget that
+        key; a follow of the new key, which has the same pk, is left alone."""
+        follow = self.by_pk.get(session_pk)
+        if follow is None or follow.group != group:
+            follow = next((f for f in self.follows.values() if f.group == group), None)
+        if follow is None:
+            return
+        if self.by_pk.get(session_pk) is follow:
+            del self.by_pk[session_pk]
+        follow.ended = True
+        self.follows.pop(follow.session_key, None)
+        self._wake_all(follow)
+
+    def release(self, session_pk: int) -> None:
+        """Answer the session's held polls now, empty, as if the hold ran out."""
+        follow = self.by_pk.get(session_pk)
+        if follow is not None:
+            for waiter in follow.waiters:
+                _resolve(waiter, False)
 
     @staticmethod
     def _wake_all(follow: Follow) -> None:
@@ -273,7 +303,11 @@ class Hub:
         while True:
             try:
                 if self.channel_name is None:
-                    self.channel_name = await self.layer.new_channel("longpoll.hub")
+                    channel = await self.layer.new_channel("longpoll.hub")
+                    # new_channel() only makes up a name; this asks the server,
+                    # so recovery is declared only once the layer really answers.
+                    await self.layer.group_discard(PROBE_GROUP, channel)
+                    self.channel_name = channel
                     self._recovered()
                 message = await self.layer.receive(self.channel_name)
             except asyncio.CancelledError:
@@ -281,6 +315,7 @@ class Hub:
             except Exception as exc:
                 self._report_outage(exc)
                 self.channel_name = None
+                self._ready.set()  # polls go on, reading the store, rather than wait for the layer
                 await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
                 attempt += 1
                 continue
@@ -293,6 +328,10 @@ class Hub:
             self.wake(int(message["pk"]), int(message["last_id"]))
         elif kind == "longpoll.end":
             self.end(int(message["pk"]))
+        elif kind == "longpoll.end_key":
+            self.end_key(str(message["group"]), int(message["pk"]))
+        elif kind == "longpoll.release":
+            self.release(int(message["pk"]))
 
     def _report_outage(self, exc: BaseException) -> None:
         """Stop trusting what the hub knows, and say so once per outage."""

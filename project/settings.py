@@ -7,6 +7,7 @@ the sessions, with no sticky sessions.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -87,7 +88,13 @@ else:
             },
             # A file, not the in-memory default, so that tests see what the
             # server sees: WAL, and a connection per thread.
-            "TEST": {"NAME": os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / "test-db.sqlite3"))},
+            # One per test process, so that runs side by side do not share it.
+            "TEST": {
+                "NAME": os.environ.get(
+                    "SQLITE_TEST_PATH",
+                    os.path.join(tempfile.gettempdir(), f"longpoll-test-{os.getpid()}.sqlite3"),
+                )
+            },
         }
     }
 
