@@ -12,6 +12,8 @@ from typing import Any
 
 MAX_CURSOR = 2**63 - 1  # ids are 64-bit signed integers in the database
 MAX_TYPE_LENGTH = 100  # characters, as Message.type stores them
+# Event names of longpoll.js's own, so no message may carry them as its type.
+RESERVED_TYPES = frozenset({"status", "gap", "error", "*"})
 CLIENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 JSON_HEADERS = [
@@ -103,6 +105,11 @@ def validate_type(message_type: object) -> str:
         raise ValueError(
             f"Message type must be a string of 1-{MAX_TYPE_LENGTH} characters, "
             f"not {message_type!r}."
+        )
+    if message_type in RESERVED_TYPES:
+        raise ValueError(
+            f"Message type {message_type!r} is reserved for longpoll.js's own events "
+            f"({', '.join(sorted(RESERVED_TYPES))})."
         )
     return message_type
 

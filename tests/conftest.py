@@ -43,13 +43,13 @@ class Browser:
         self,
         path: str = "/longpoll/poll/",
         method: str = "POST",
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str | None] | None = None,
         cookies: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         jar = {"sessionid": self.session_key, "csrftoken": self.csrf}
         if cookies is not None:
             jar = cookies
-        base = {
+        base: dict[str, str | None] = {
             "host": HOST,
             "origin": ORIGIN,
             "content-type": "application/json",

@@ -49,6 +49,8 @@ def test_unknown_session_key_is_refused(transactional_db: None) -> None:
         ("", None, ValueError),
         (None, None, ValueError),
         ("x" * 101, None, ValueError),
+        ("status", None, ValueError),
+        ("*", None, ValueError),
         ("ok", {1, 2}, TypeError),
         ("ok", object(), TypeError),
     ],

@@ -64,8 +64,8 @@
   const SEND_MAX_ATTEMPTS = 7;
   // Statuses after which retrying the same request may work.
   const RETRYABLE_STATUSES = new Set([429, 502, 503, 504]);
-  // Names of the client's own events; message types should not use them.
-  const CLIENT_EVENTS = new Set(["status", "gap", "error"]);
+  // Names of the client's own events, and "*": message types must not use them.
+  const RESERVED_TYPES = new Set(["status", "gap", "error", "*"]);
   // One lock and one channel per poll URL, shared by the tabs of this origin.
   const LOCK_NAME = "longpoll:" + new URL(config.pollUrl, location.href).pathname;
 
@@ -137,7 +137,7 @@
       emit("gap", {previousCursor: previous, cursor: batch.cursor});
     }
     for (const message of fresh) {
-      if (CLIENT_EVENTS.has(message.type)) {
+      if (RESERVED_TYPES.has(message.type)) {
         console.warn("longpoll.js: message type " + message.type + " is reserved; use '*'");
       } else {
         emit(message.type, message.data, message);

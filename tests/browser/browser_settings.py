@@ -1,0 +1,15 @@
+"""Settings of the servers the browser tests start: the demo's, plus a few switches.
+
+Switches (environment variables, all optional):
+- ``TEST_CSRF_COOKIE_HTTPONLY=1``: the CSRF cookie is HttpOnly, so no script can read it.
+- ``TEST_LONGPOLL_TIMEOUT``: seconds a poll is held before it answers empty.
+"""
+
+import os
+
+from project.settings import *  # noqa: F403
+
+CSRF_COOKIE_HTTPONLY = os.environ.get("TEST_CSRF_COOKIE_HTTPONLY") == "1"
+
+if os.environ.get("TEST_LONGPOLL_TIMEOUT"):
+    LONGPOLL_TIMEOUT = float(os.environ["TEST_LONGPOLL_TIMEOUT"])
