@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.sessions.backends.base import SessionBase
@@ -21,6 +21,21 @@ log = logging.getLogger("longpoll_app")
 SessionLike = str | SessionBase | HttpRequest
 
 
+class Recorder(Protocol):
+    """What ``longpoll_app.testing.capture_messages`` installs in ``recorders``."""
+
+    deliver: bool
+
+    def to_session(self, session_key: str, type: str, data: Any) -> int: ...
+
+    def to_user(self, user_pk: Any, type: str, data: Any) -> int: ...
+
+
+# Active captures, innermost last. While there is one, sends are recorded and,
+# unless it says deliver, neither stored nor woken.
+recorders: list[Recorder] = []
+
+
 def send_to_session(session: SessionLike, type: str, data: Any = None) -> int:
     """Queue a message for one browser session and wake its held poll.
 
@@ -32,7 +47,14 @@ def send_to_session(session: SessionLike, type: str, data: Any = None) -> int:
     """
     validate_type(type)
     _check_serializable(type, data)
-    queued = store.append(session_key_of(session), type, data)
+    key = session_key_of(session)
+    if recorders:
+        fake_id = 0
+        for recorder in list(recorders):
+            fake_id = recorder.to_session(key, type, data)
+        if not recorders[-1].deliver:
+            return fake_id
+    queued = store.append(key, type, data)
     transaction.on_commit(lambda: wake(queued))
     return queued.seq
 
@@ -45,6 +67,12 @@ def send_to_user(user: Any, type: str, data: Any = None) -> int:
     validate_type(type)
     _check_serializable(type, data)
     user_pk = getattr(user, "pk", user)
+    if recorders:
+        count = 0
+        for recorder in list(recorders):
+            count = recorder.to_user(user_pk, type, data)
+        if not recorders[-1].deliver:
+            return count
     keys = store.live_session_keys_of(user_pk)
     sent = 0
     for key in keys:
@@ -77,6 +105,42 @@ def end_session(session_key: str) -> None:
     _group_send(store.wake_group(session_key), {"type": "longpoll.end", "pk": pk})
 
 
+def release_session(session_key: str) -> bool:
+    """Answer the session's held polls now, empty, as if their hold had run
+    out; its queue stays. The browser polls again at once. False if the key
+    has no record."""
+    pk = store.session_pks([session_key]).get(session_key)
+    if pk is None:
+        return False
+    release_polls(pk, session_key)
+    return True
+
+
+def release_polls(session_pk: int, session_key: str) -> None:
+    """``release_session`` for a record already read (the admin's action)."""
+    for hub in Hub.running():
+        _call_in_loop(hub, hub.release, session_pk)
+    _group_send(store.wake_group(session_key), {"type": "longpoll.release", "pk": session_pk})
+
+
+def rekey_session(old_key: str, new_key: str) -> int | None:
+    """The session's key changed (``cycle_key``, as at login): move its record
+    and queue to the new key, and answer the polls held with the old key
+    (with 403: the old key no longer names a session), so that the page polls
+    again with its new cookie. The record's pk, or None if it had none."""
+    pk = store.rekey(old_key, new_key)
+    if pk is not None:
+        group = store.wake_group(old_key)
+
+        def end_old_polls() -> None:
+            for hub in Hub.running():
+                _call_in_loop(hub, hub.end_key, group, pk)
+            _group_send(group, {"type": "longpoll.end_key", "group": group, "pk": pk})
+
+        transaction.on_commit(end_old_polls)
+    return pk
+
+
 def session_key_of(session: SessionLike) -> str:
     """The key of a session given as a key, a ``SessionBase`` or a request."""
     if isinstance(session, HttpRequest):
@@ -107,7 +171,13 @@ def _call_in_loop(hub: Hub, fn: Any, *args: Any) -> None:
         hub.loop.call_soon_threadsafe(fn, *args)
 
 
+# True from a failed group_send to the next one that works: an outage is
+# logged once, not once per message sent during it.
+_layer_failing = False
+
+
 def _group_send(group: str, message: dict[str, Any]) -> None:
+    global _layer_failing
     layer = shared_layer()
     if layer is None:
         return
@@ -115,7 +185,17 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
         async_to_sync(layer.group_send)(group, message)
     except Exception as exc:
         # The message is safe in the store; the next poll of the session reads it.
-        log.warning("longpoll: could not wake %s through the channel layer: %s", group, exc)
+        level = logging.DEBUG if _layer_failing else logging.WARNING
+        _layer_failing = True
+        log.log(
+            level,
+            "longpoll: could not wake %s through the channel layer: %s "
+            "(logged once until the layer answers again)",
+            group,
+            exc,
+        )
+    else:
+        _layer_failing = False
 
 
 def _check_serializable(message_type: str, data: Any) -> None:

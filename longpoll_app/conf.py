@@ -25,6 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "LONGPOLL_SESSION_RECHECK": 60.0,  # seconds a poll trusts its cached session check
     "LONGPOLL_WATCH_INTERVAL": 0.05,  # seconds between store checks without a shared layer
     "LONGPOLL_CHANNEL_LAYER": "default",  # alias in CHANNEL_LAYERS that carries wake-ups
+    "LONGPOLL_STATUS_INTERVAL": 5.0,  # seconds between a process's reports of its held polls
+    "LONGPOLL_CLEANUP_INTERVAL": 300.0,  # seconds between automatic clean-ups; 0: none
+    "LONGPOLL_CLEANUP_BATCH": 500,  # rows one clean-up step removes at most
 }
 
 
@@ -85,6 +88,18 @@ class Settings:
     @property
     def LONGPOLL_CHANNEL_LAYER(self) -> str:
         return str(self._get("LONGPOLL_CHANNEL_LAYER"))
+
+    @property
+    def LONGPOLL_STATUS_INTERVAL(self) -> float:
+        return float(self._get("LONGPOLL_STATUS_INTERVAL"))
+
+    @property
+    def LONGPOLL_CLEANUP_INTERVAL(self) -> float:
+        return float(self._get("LONGPOLL_CLEANUP_INTERVAL"))
+
+    @property
+    def LONGPOLL_CLEANUP_BATCH(self) -> int:
+        return int(self._get("LONGPOLL_CLEANUP_BATCH"))
 
 
 conf = Settings()

@@ -23,7 +23,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from . import handlers, store
 from .conf import conf
@@ -159,6 +159,7 @@ class LongpollConsumer(AsyncConsumer):
 
 
 def _check_csrf_with_session(request: ASGIRequest, session_key: str | None) -> None:
+    close_old_connections()  # see _accept
     request.session = store.session_store(session_key)
     check_csrf(request)
 
@@ -204,14 +205,20 @@ class PollConsumer(LongpollConsumer):
     ) -> Answer:
         loop = hub.loop
         deadline = loop.time() + conf.LONGPOLL_TIMEOUT
+        acknowledged = cursor  # what the page says it received
         while True:
             # Before reading the store, so that no wake-up falls in between; again
             # after an outage, when the layer forgot the groups.
             await hub.subscribe(follow)
+            batch = None
             if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
                 batch = await self._read(hub, follow, request, cursor)
-                if cursor is not None:
-                    hub.ack(follow, min(cursor, batch.last_id))
+            if acknowledged is not None:
+                # Also on the trusted path: the usual re-poll after a batch reads
+                # nothing, yet it is what acknowledges that batch (deleted later,
+                # in bulk; the hub ignores cursors beyond the newest id).
+                hub.ack(follow, acknowledged)
+            if batch is not None:
                 if batch.messages or batch.gap:
                     return 200, _batch_body(batch), {}
                 cursor = batch.cursor
@@ -318,6 +325,11 @@ class SendConsumer(LongpollConsumer):
 
 def _accept(request: ASGIRequest, session_key: str, client_id: str) -> tuple[int, Any, bool] | None:
     """Check the session, load its user, and record the message id once."""
+    # This runs in Django's shared thread, where no request_started signal
+    # checks the connection: a connection the database dropped (a restart, a
+    # network cut) would fail every send from now on, or outlive CONN_MAX_AGE.
+    # The handler runs next in the same thread and finds it checked.
+    close_old_connections()
     session = store.load_live_session(session_key)
     if session is None:
         return None

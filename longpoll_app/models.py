@@ -40,12 +40,17 @@ class LongpollSession(models.Model):
     acked_id = models.BigIntegerField(
         default=0, help_text="Id of the newest message the browser acknowledged."
     )
-    expires_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=255, blank=True)
     first_seen = models.DateTimeField(auto_now_add=True)
     last_poll = models.DateTimeField(null=True, blank=True)
-    delivered = models.BigIntegerField(default=0)
+    delivered = models.BigIntegerField(
+        default=0, help_text="Messages acknowledged by the browser (counted when deleted)."
+    )
+    dropped = models.BigIntegerField(
+        default=0, help_text="Messages removed unread because the queue was full."
+    )
 
     class Meta:
         verbose_name = "long-poll session"
@@ -92,4 +97,54 @@ class ClientMessage(models.Model):
             models.UniqueConstraint(
                 fields=["session", "client_id"], name="longpoll_clientmessage_once"
             )
+        ]
+
+
+class StatsCounter(models.Model):
+    """A running total for the stats (``longpoll_app.stats``).
+
+    Written only when rows are removed (retention, a session ending, an admin
+    purge), never per send or per poll: per-session totals live on
+    ``LongpollSession`` and are folded in here when its row goes.
+    """
+
+    name = models.CharField(max_length=32, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.value}"
+
+
+class HubReport(models.Model):
+    """What one server process's hub (one event loop) last said about itself.
+
+    Each hub rewrites its row every ``LONGPOLL_STATUS_INTERVAL`` seconds; a row
+    not rewritten for three intervals belongs to a process that stopped.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    process = models.CharField(max_length=200, help_text="host:pid")
+    started_at = models.DateTimeField()
+    updated_at = models.DateTimeField(db_index=True)
+    held_polls = models.IntegerField(default=0)
+    sessions = models.IntegerField(default=0, help_text="Sessions the hub follows.")
+    latency = models.JSONField(
+        default=dict, help_text="Send-to-answer latency histogram of the process."
+    )
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class HeldSession(models.Model):
+    """A session that held a poll in a hub at its last report."""
+
+    hub = models.ForeignKey(HubReport, on_delete=models.CASCADE, related_name="held")
+    # No foreign key: a session may end between two reports; the next report
+    # drops the row, and a lookup by pk simply finds no session.
+    session_pk = models.BigIntegerField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hub", "session_pk"], name="longpoll_held_once")
         ]

@@ -16,9 +16,10 @@ from django.conf import settings
 from django.contrib.auth import SESSION_KEY as AUTH_USER_ID_KEY
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from . import stats
 from .conf import conf
 from .models import ClientMessage, LongpollSession, Message, session_fingerprint
 
@@ -164,7 +165,9 @@ def append(session_key: str, type: str, data: Any) -> Queued:
         )
         cap = conf.LONGPOLL_MAX_QUEUE
         if seq > cap:
-            Message.objects.filter(session_id=row.pk, seq__lte=seq - cap).delete()
+            dropped, _ = Message.objects.filter(session_id=row.pk, seq__lte=seq - cap).delete()
+            if dropped:
+                LongpollSession.objects.filter(pk=row.pk).update(dropped=F("dropped") + dropped)
     return Queued(session_pk=row.pk, group=wake_group(session_key), seq=seq)
 
 
@@ -185,9 +188,10 @@ def read(session_pk: int, cursor: int | None, limit: int) -> Batch | None:
     rows = list(
         Message.objects.filter(session_id=session_pk, seq__gt=after, created_at__gte=_oldest_kept())
         .order_by("seq")
-        .values_list("seq", "type", "data")[:limit]
+        .values_list("seq", "type", "data", "created_at")[:limit]
     )
-    messages = [{"id": seq, "type": type_, "data": data} for seq, type_, data in rows]
+    messages = [{"id": seq, "type": type_, "data": data} for seq, type_, data, _ in rows]
+    stats.record_latencies((row[3] for row in rows), timezone.now())
     if rows:
         new_cursor = rows[-1][0]
         missed = rows[0][0] > after + 1
@@ -206,15 +210,24 @@ def acknowledge(cursors: dict[int, int]) -> None:
     """Delete what each session acknowledged, in one transaction for the lot.
 
     Polls hand their cursors to the hub, which calls this in batches, so a busy
-    server does not pay a delete per poll.
+    server does not pay a delete per poll. ``delivered`` counts the rows this
+    deletes: ids that were dropped or expired, and rows a concurrent
+    acknowledgement already deleted, are not counted. Rows that expired before
+    they were read stay for retention, which counts them as expired.
     """
+    kept_since = _oldest_kept()
     with transaction.atomic():
-        for session_pk, cursor in cursors.items():
-            updated = LongpollSession.objects.filter(
+        for session_pk, cursor in sorted(cursors.items()):  # one lock order for every process
+            delivered, _ = Message.objects.filter(
+                session_id=session_pk,
+                seq__lte=cursor,
+                seq__gt=F("session__acked_id"),
+                session__last_id__gte=cursor,
+                created_at__gte=kept_since,
+            ).delete()
+            LongpollSession.objects.filter(
                 pk=session_pk, acked_id__lt=cursor, last_id__gte=cursor
-            ).update(delivered=F("delivered") + cursor - F("acked_id"), acked_id=cursor)
-            if updated:
-                Message.objects.filter(session_id=session_pk, seq__lte=cursor).delete()
+            ).update(delivered=F("delivered") + delivered, acked_id=cursor)
 
 
 def messages_since(message_pk: int) -> list[tuple[int, int, int]]:
@@ -263,8 +276,101 @@ def end_session(session_key: str) -> int | None:
         LongpollSession.objects.filter(session_key=session_key).values_list("pk", flat=True).first()
     )
     if row is not None:
-        LongpollSession.objects.filter(pk=row).delete()
+        remove_sessions([row])
     return row
+
+
+def remove_sessions(pks: list[int]) -> int:
+    """Delete session records and their queues, keeping their totals for the
+    stats; how many records were removed."""
+    if not pks:
+        return 0
+    with transaction.atomic():
+        rows = list(
+            LongpollSession.objects.select_for_update()
+            .filter(pk__in=pks)
+            .values_list("pk", "last_id", "delivered", "dropped")
+        )
+        if not rows:
+            return 0
+        found = [row[0] for row in rows]
+        purge_pending(found)
+        LongpollSession.objects.filter(pk__in=found).delete()
+        stats.add_counts(
+            **{
+                stats.SENT: sum(row[1] for row in rows),
+                stats.DELIVERED: sum(row[2] for row in rows),
+                stats.DROPPED: sum(row[3] for row in rows),
+            }
+        )
+    return len(found)
+
+
+def purge_pending(pks: list[int]) -> int:
+    """Delete the queued messages of these sessions; how many were deleted.
+
+    Counted as discarded, or as expired for those past ``LONGPOLL_RETENTION``.
+    """
+    return _discard(Message.objects.filter(session_id__in=pks))
+
+
+def discard_messages(message_pks: list[int]) -> int:
+    """Delete these queued messages (the admin's delete), counted as ``purge_pending`` does."""
+    return _discard(Message.objects.filter(pk__in=message_pks))
+
+
+def _discard(messages: QuerySet[Message]) -> int:
+    with transaction.atomic():
+        expired, _ = messages.filter(created_at__lt=_oldest_kept()).delete()
+        discarded, _ = messages.delete()
+        stats.add_counts(**{stats.EXPIRED: expired, stats.DISCARDED: discarded})
+    return expired + discarded
+
+
+def rekey(old_key: str, new_key: str) -> int | None:
+    """Move a session's record, and with it its queue, to the session's new
+    key (``cycle_key``, as at login); the record's pk, or None if it had none.
+
+    The record keeps its pk and ids, so the page's cursor stays valid. Should
+    the new key have a record already, its messages are moved behind ours.
+    """
+    if old_key == new_key:
+        return None
+    with transaction.atomic():
+        row = LongpollSession.objects.select_for_update().filter(session_key=old_key).first()
+        if row is None:
+            return None
+        last_id = row.last_id
+        other = LongpollSession.objects.select_for_update().filter(session_key=new_key).first()
+        if other is not None:
+            moved = list(
+                Message.objects.filter(session=other).order_by("seq").values_list("pk", flat=True)
+            )
+            for pk in moved:
+                last_id += 1
+                Message.objects.filter(pk=pk).update(session=row, seq=last_id)
+            # The moved messages are counted again under this record's last_id.
+            stats.add_counts(
+                **{
+                    stats.SENT: other.last_id - len(moved),
+                    stats.DELIVERED: other.delivered,
+                    stats.DROPPED: other.dropped,
+                }
+            )
+            other.delete()
+        LongpollSession.objects.filter(pk=row.pk).update(
+            session_key=new_key, fingerprint=session_fingerprint(new_key), last_id=last_id
+        )
+    return row.pk
+
+
+def session_pks(session_keys: list[str]) -> dict[str, int]:
+    """The record pk of each key that has one."""
+    return dict(
+        LongpollSession.objects.filter(session_key__in=session_keys).values_list(
+            "session_key", "pk"
+        )
+    )
 
 
 def live_session_keys_of(user_pk: Any) -> list[str]:

@@ -2,7 +2,7 @@
 
 ``LongpollRouter`` (in asgi.py) answers these paths with the consumers; the
 views here only answer when a request reached Django instead (a WSGI server, or
-an asgi.py without the router), and say so.
+an asgi.py without the router), and say so. ``stats/`` is a plain Django view.
 """
 
 from django.urls import path
@@ -14,4 +14,5 @@ app_name = "longpoll"
 urlpatterns = [
     path("poll/", views.not_routed, name="poll"),
     path("send/", views.not_routed, name="send"),
+    path("stats/", views.stats, name="stats"),  # staff only
 ]

@@ -2,6 +2,9 @@
 
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+
+from . import stats as stats_module
 
 
 @csrf_exempt  # it changes nothing and answers every method alike
@@ -15,5 +18,20 @@ def not_routed(request: HttpRequest) -> JsonResponse:
         },
         status=501,
     )
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+def stats(request: HttpRequest) -> JsonResponse:
+    """The numbers of ``manage.py longpoll_stats``, as JSON, for staff only."""
+    user = getattr(request, "user", None)
+    if user is None or not (user.is_active and user.is_staff):
+        response = JsonResponse(
+            {"error": "forbidden", "detail": "Log in as a staff member to see the stats."},
+            status=403,
+        )
+    else:
+        response = JsonResponse(stats_module.collect())
     response["Cache-Control"] = "no-store"
     return response
