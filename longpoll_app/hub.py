@@ -46,6 +46,7 @@ IDLE_GRACE = 30.0  # seconds a session may go without polling before the hub for
 RESUBSCRIBE_AFTER = 3600.0  # seconds; well inside channels-redis's default group_expiry
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one delete removes them all
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between attempts to reach the layer again
+LAYER_CONCURRENCY = 16  # group_add/discard calls in flight at once, per hub
 CLOSE_TIMEOUT = 2.0  # seconds aclose() waits for the hub's tasks to stop
 PROBE_GROUP = "longpoll.probe"  # a group nobody joins: leaving it is a harmless round trip
 
@@ -102,6 +103,7 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = asyncio.Event()
         self._outage = False
+        self._layer_calls = asyncio.Semaphore(LAYER_CONCURRENCY)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -198,7 +200,10 @@ class Hub:
             return
         started = self.loop.time()
         try:
-            await self.layer.group_add(follow.group, self.channel_name)
+            # Bounded: a thousand browsers arriving at once must not open a thousand
+            # connections (redis-py 8 pools refuse past 100: "Too many connections").
+            async with self._layer_calls:
+                await self.layer.group_add(follow.group, self.channel_name)
         except Exception as exc:
             # Untrusted until a later poll joins: its polls read the store meanwhile.
             # A real outage also breaks the receive loop, which reports it once.
@@ -399,7 +404,8 @@ class Hub:
                 self.by_pk.pop(follow.pk, None)
             if self.layer is not None and self.channel_name is not None:
                 try:
-                    await self.layer.group_discard(follow.group, self.channel_name)
+                    async with self._layer_calls:
+                        await self.layer.group_discard(follow.group, self.channel_name)
                 except Exception as exc:
                     self._report_outage(exc)
 
