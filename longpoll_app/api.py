@@ -100,9 +100,7 @@ def end_session(session_key: str) -> None:
     pk = store.end_session(session_key)
     if pk is None:
         return
-    for hub in Hub.running():
-        _call_in_loop(hub, hub.end, pk)
-    _group_send(store.wake_group(session_key), {"type": "longpoll.end", "pk": pk})
+    _tell_hubs(store.wake_group(session_key), {"type": "longpoll.end", "pk": pk}, "end", pk)
 
 
 def release_session(session_key: str) -> bool:
@@ -118,9 +116,8 @@ def release_session(session_key: str) -> bool:
 
 def release_polls(session_pk: int, session_key: str) -> None:
     """``release_session`` for a record already read (the admin's action)."""
-    for hub in Hub.running():
-        _call_in_loop(hub, hub.release, session_pk)
-    _group_send(store.wake_group(session_key), {"type": "longpoll.release", "pk": session_pk})
+    message = {"type": "longpoll.release", "pk": session_pk}
+    _tell_hubs(store.wake_group(session_key), message, "release", session_pk)
 
 
 def rekey_session(old_key: str, new_key: str) -> int | None:
@@ -133,9 +130,8 @@ def rekey_session(old_key: str, new_key: str) -> int | None:
         group = store.wake_group(old_key)
 
         def end_old_polls() -> None:
-            for hub in Hub.running():
-                _call_in_loop(hub, hub.end_key, group, pk)
-            _group_send(group, {"type": "longpoll.end_key", "group": group, "pk": pk})
+            message = {"type": "longpoll.end_key", "group": group, "pk": pk}
+            _tell_hubs(group, message, "end_key", group, pk)
 
         transaction.on_commit(end_old_polls)
     return pk
@@ -176,11 +172,12 @@ def _call_in_loop(hub: Hub, fn: Any, *args: Any) -> None:
 _layer_failing = False
 
 
-def _group_send(group: str, message: dict[str, Any]) -> None:
+def _group_send(group: str, message: dict[str, Any]) -> bool:
+    """Send through the shared layer; True if it took the message."""
     global _layer_failing
     layer = shared_layer()
     if layer is None:
-        return
+        return False
     try:
         async_to_sync(layer.group_send)(group, message)
     except Exception as exc:
@@ -194,8 +191,23 @@ def _group_send(group: str, message: dict[str, Any]) -> None:
             group,
             exc,
         )
-    else:
-        _layer_failing = False
+        return False
+    _layer_failing = False
+    return True
+
+
+def _tell_hubs(group: str, message: dict[str, Any], method: str, *args: Any) -> None:
+    """Deliver an order (end, release) to every hub exactly once.
+
+    Through the shared layer when there is one: it reaches this process's hub
+    too, and calling that hub directly as well would let the late copy from the
+    layer hit the poll the browser made in answer to the first. Directly when
+    there is no shared layer, or it is down.
+    """
+    if _group_send(group, message):
+        return
+    for hub in Hub.running():
+        _call_in_loop(hub, getattr(hub, method), *args)
 
 
 def _check_serializable(message_type: str, data: Any) -> None:

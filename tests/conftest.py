@@ -20,6 +20,7 @@ from longpoll_app.hub import Hub
 HOST = "testserver"
 ORIGIN = f"http://{HOST}"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_PREFIX = f"longpoll-test-{os.getpid()}:"
 
 
 @dataclass
@@ -175,6 +176,8 @@ def use_redis_layer(settings: Any) -> None:
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "capacity": 10_000,
+                # Per test process, so that runs side by side do not see each other.
+                "prefix": REDIS_PREFIX,
             },
         }
     }
@@ -183,7 +186,10 @@ def use_redis_layer(settings: Any) -> None:
 def flush_redis() -> None:
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{REDIS_PREFIX}*"))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.cookies
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,7 @@ class Server:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    access_log: bool = False  # uvicorn: log every response, as daphne does anyway
 
     def start(self, log_dir: Path) -> Server:
         self.log_path = log_dir / f"{self.kind}-{self.port}.log"
@@ -75,7 +79,9 @@ class Server:
             cmd = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
         else:
             cmd = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
-            cmd += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+            cmd += ["--loop", "uvloop", "--http", "httptools"]
+            if not self.access_log:
+                cmd.append("--no-access-log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *cmd, "project.asgi:application"],
@@ -159,3 +165,288 @@ class HttpBrowser:
         return self.request(
             server, "POST", "/longpoll/send/", {"id": client_id, "type": type, "data": data}
         )
+
+
+# -- Fault injection and measurement (test_faults.py, test_soak.py) ------------------
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a server or command, without the URLs it may carry."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DJANGO_SETTINGS_MODULE="project.settings", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def migrated_postgres_database(name: str, env: dict[str, str]) -> str:
+    """A fresh database, migrated; its URL. ``env`` gets ``DATABASE_URL``."""
+    env["DATABASE_URL"] = fresh_postgres_database(name)
+    migrated = manage(env, "migrate", "-v0")
+    assert migrated.returncode == 0, migrated.stderr
+    return env["DATABASE_URL"]
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def flush_redis_db(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url, socket_connect_timeout=2).flushdb()
+
+
+@contextlib.contextmanager
+def private_redis(log_dir: Path, fallback_url: str) -> Iterator[str]:
+    """The URL of a Redis for one test run: a redis-server of its own when one is
+    installed (runs side by side share nothing), else ``fallback_url``, a db
+    number of the shared server, flushed before and after."""
+    if shutil.which("redis-server") is not None:
+        server = RedisServer().start(log_dir)
+        try:
+            yield server.url()
+        finally:
+            server.kill()
+        return
+    flush_redis_db(fallback_url)
+    try:
+        yield fallback_url
+    finally:
+        flush_redis_db(fallback_url)
+
+
+@dataclass
+class ServerProcess:
+    """Measurements of a running server process, read from /proc."""
+
+    pid: int
+
+    def status(self, field_name: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+        raise LookupError(field_name)
+
+    def rss_kb(self) -> int:
+        return self.status("VmRSS")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def threads(self) -> int:
+        return self.status("Threads")
+
+    def cpu_ticks(self) -> int:
+        # utime and stime: fields 14 and 15, counted after the ")" that ends the name.
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    def wait_idle(self, quiet: float = 0.3, timeout: float = 15.0) -> bool:
+        """Wait until the process used no CPU for ``quiet`` seconds: it has dealt
+        with everything sent to it. False if that did not happen within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        ticks = self.cpu_ticks()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.cpu_ticks()
+            if now == ticks:
+                return True
+            ticks = now
+        return False
+
+
+def running(server: Server) -> ServerProcess:
+    assert server.process is not None and server.process.poll() is None, server.kind
+    return ServerProcess(server.process.pid)
+
+
+def kill(server: Server) -> None:
+    """SIGKILL: no shutdown code runs, as when the machine or the OOM killer ends it."""
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait(10)
+
+
+def restart(server: Server) -> str:
+    """Start the server again on its port; the log of the run before, which
+    is kept beside the new one."""
+    assert server.log_path is not None
+    before = server.log()
+    server.log_path.rename(server.log_path.with_suffix(f".before-{time.monotonic_ns()}.log"))
+    server.start(server.log_path.parent)
+    return before
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, to kill and start again on the same port.
+
+    Nothing is saved to disk, so a restarted server has forgotten everything
+    (groups included), as a Redis restarted without persistence has.
+    """
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, log_dir: Path) -> RedisServer:
+        self.log_path = log_dir / f"redis-{self.port}.log"
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        cmd += ["--save", "", "--appendonly", "no", "--dir", str(log_dir)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited early:\n{self.log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start:\n{self.log()}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+class PostgresProxy:
+    """A TCP proxy to PostgreSQL that can cut the database off and bring it back.
+
+    ``pause()`` closes every open connection and refuses new ones (nothing
+    listens on the port), as a database that went down does; ``resume()``
+    listens again on the same port. The proxy runs an asyncio loop in a thread
+    of its own.
+    """
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        import asyncio
+        import threading
+
+        self.upstream = upstream
+        self.port = free_port()
+        self.accepted = 0  # connections taken since the start
+        self.loop = asyncio.new_event_loop()
+        self._server: Any = None
+        self._transports: set[Any] = set()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.resume()
+
+    @property
+    def url_host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def resume(self) -> None:
+        self._call(self._listen())
+
+    def pause(self) -> None:
+        self._call(self._cut())
+
+    def close(self) -> None:
+        self._call(self._cut())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    async def _listen(self) -> None:
+        import asyncio
+
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, reuse_address=True
+            )
+
+    async def _cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        self.accepted += 1
+        self._transports.add(writer.transport)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            self._transports.discard(writer.transport)
+            return
+        self._transports.add(up_writer.transport)
+        await asyncio.gather(
+            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+        )
+        for w in (writer, up_writer):
+            self._transports.discard(w.transport)
+            w.transport.abort()
+
+
+async def _pipe(reader: Any, writer: Any) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.transport.abort()  # one side ended: end the other too
+
+
+def raw_request(
+    browser: HttpBrowser, server: Server, path: str, body: Any, *, close: bool = True
+) -> bytes:
+    """The bytes of a JSON POST as ``HttpBrowser`` sends it, for raw sockets."""
+    raw = json.dumps(body).encode()
+    cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{server.port}",
+        f"Origin: http://127.0.0.1:{server.port}",
+        f"Cookie: {cookie}",
+        f"X-CSRFToken: {browser.cookies['csrftoken']}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(raw)}",
+    ]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + raw
+
+
+async def read_reply(reader: Any) -> Reply:
+    """One HTTP/1.1 response from an asyncio stream (Content-Length or none)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    status = int(status_line.split()[1])
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return Reply(status, headers, body)

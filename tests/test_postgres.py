@@ -19,7 +19,8 @@ def test_core_suite_passes_on_postgresql() -> None:
     if not postgres_available():
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432; .ci/run starts it")
     env = dict(os.environ)
-    env["DATABASE_URL"] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/longpoll"
+    # pytest-django makes (and drops) test_<name>: one name per run, side by side.
+    env["DATABASE_URL"] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/longpoll_{os.getpid()}"
     # Worker threads hold their own connections: close them after each use so
     # that the test database can be dropped at the end.
     env["DJANGO_CONN_MAX_AGE"] = "0"

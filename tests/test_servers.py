@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from .conftest import REDIS_URL, redis_available
-from .servers import HttpBrowser, Server, fresh_postgres_database, manage, postgres_available
+from .servers import (
+    HttpBrowser,
+    Server,
+    drop_postgres_database,
+    fresh_postgres_database,
+    manage,
+    postgres_available,
+)
 
 pytestmark = pytest.mark.servers
 HOLD = 10.0  # seconds: the demo settings' LONGPOLL_TIMEOUT; a woken poll answers well before
@@ -35,9 +42,11 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, S
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432; .ci/run starts it")
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    servers_redis = REDIS_URL.rsplit("/", 1)[0] + "/12"  # this module's own database
+    redis.Redis.from_url(servers_redis).flushdb()
     env = base_env()
-    env.update(DATABASE_URL=fresh_postgres_database("longpoll_servers_test"), REDIS_URL=REDIS_URL)
+    name = f"longpoll_servers_test_{os.getpid()}"
+    env.update(DATABASE_URL=fresh_postgres_database(name), REDIS_URL=servers_redis)
     migrated = manage(env, "migrate", "-v0")
     assert migrated.returncode == 0, migrated.stderr
     logs = tmp_path_factory.mktemp("scaled")
@@ -48,6 +57,7 @@ def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, S
         assert "Traceback" not in server.log(), server.log()
         # Wake-ups must have come through Redis all along, not the store fallback.
         assert "channel layer unreachable" not in server.log(), server.log()
+    drop_postgres_database(name)
 
 
 def held(pool: ThreadPoolExecutor, browser: HttpBrowser, server: Server, cursor: int | None) -> Any:
