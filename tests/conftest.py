@@ -17,20 +17,12 @@ from django.utils.crypto import get_random_string
 from longpoll_app import store
 from longpoll_app.hub import Hub
 
+from .servers import Reply
+
 HOST = "testserver"
 ORIGIN = f"http://{HOST}"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 REDIS_PREFIX = f"longpoll-test-{os.getpid()}:"
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
@@ -83,15 +75,13 @@ class Browser:
         held.sent = asyncio.ensure_future(comm.send_input({"type": "http.request", "body": raw}))
         return held
 
-    async def request(
-        self, body: Any = None, timeout: float = 5.0, **scope_kwargs: Any
-    ) -> Response:
+    async def request(self, body: Any = None, timeout: float = 5.0, **scope_kwargs: Any) -> Reply:
         return await self.start(body, **scope_kwargs).response(timeout)
 
-    async def poll(self, cursor: int | None = None, timeout: float = 5.0) -> Response:
+    async def poll(self, cursor: int | None = None, timeout: float = 5.0) -> Reply:
         return await self.request({"cursor": cursor}, timeout=timeout)
 
-    async def send(self, client_id: str, type: str, data: Any = None) -> Response:
+    async def send(self, client_id: str, type: str, data: Any = None) -> Reply:
         return await self.request(
             {"id": client_id, "type": type, "data": data}, path="/longpoll/send/"
         )
@@ -102,7 +92,7 @@ class Held:
     comm: ApplicationCommunicator
     sent: Any = None
 
-    async def response(self, timeout: float = 5.0) -> Response:
+    async def response(self, timeout: float = 5.0) -> Reply:
         await self.sent
         start = await self.comm.receive_output(timeout)
         assert start["type"] == "http.response.start", start
@@ -110,7 +100,7 @@ class Held:
         await self.comm.send_input({"type": "http.disconnect"})
         await self.comm.wait(timeout)
         headers = {k.decode(): v.decode() for k, v in start["headers"]}
-        return Response(start["status"], headers, body["body"])
+        return Reply(start["status"], headers, body["body"])
 
     async def answered_within(self, timeout: float) -> bool:
         await self.sent
