@@ -210,6 +210,11 @@ class PollConsumer(LongpollConsumer):
             # Before reading the store, so that no wake-up falls in between; again
             # after an outage, when the layer forgot the groups.
             await hub.subscribe(follow)
+            if cursor is None and hub.is_trusted(follow) and follow.last_id <= follow.drained:
+                # A fresh page, and the process knows nothing is pending: wait as a
+                # page with the newest id would. A browser that has never had a
+                # message re-polls like this every hold, so this keeps it off the store.
+                cursor = follow.last_id
             batch = None
             if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
                 batch = await self._read(hub, follow, request, cursor)
@@ -221,6 +226,8 @@ class PollConsumer(LongpollConsumer):
             if batch is not None:
                 if batch.messages or batch.gap:
                     return 200, _batch_body(batch), {}
+                if cursor is None:
+                    follow.drained = max(follow.drained, batch.last_id)
                 cursor = batch.cursor
             remaining = deadline - loop.time()
             if remaining <= 0 or not await hub.wait(follow, remaining):

@@ -77,6 +77,7 @@ class Follow:
     pk: int | None = None
     last_id: int = 0  # newest message id known to exist
     acked: int = 0  # newest id acknowledged by a poll in this process
+    drained: int = -1  # newest id when a fresh page last found nothing pending
     checked_at: float = -math.inf  # loop time when the store was last read
     subscribed_at: float = math.inf  # loop time when wake-ups began to arrive
     held: int = 0  # polls for this session in this process right now
@@ -175,7 +176,9 @@ class Hub:
                 self.by_pk.pop(follow.pk, None)
             follow.pk = record.pk
             self.by_pk[record.pk] = follow
-            follow.last_id = record.last_id  # a new record: its ids start afresh
+            # A new record: its ids start afresh, and so does what was acknowledged.
+            follow.last_id = record.last_id
+            follow.acked = follow.drained = record.acked_id
         else:
             follow.last_id = max(follow.last_id, record.last_id)
         follow.acked = max(follow.acked, record.acked_id)
@@ -276,6 +279,7 @@ class Hub:
         if follow.pk is None or cursor <= follow.acked or cursor > follow.last_id:
             return
         follow.acked = cursor
+        follow.drained = max(follow.drained, cursor)
         self.pending_acks[follow.pk] = max(cursor, self.pending_acks.get(follow.pk, 0))
         if self._ack_flush is None:
             self._ack_flush = self.loop.call_later(ACK_DELAY, self._spawn_flush)

@@ -166,6 +166,30 @@ async def test_idle_repoll_reads_nothing_from_the_store(
     assert reads == []
 
 
+async def test_fresh_page_idle_repoll_reads_nothing_from_the_store(
+    browser: Browser, settings: Any, monkeypatch: Any
+) -> None:
+    """A page that has never had a message polls with a null cursor every hold."""
+    settings.LONGPOLL_TIMEOUT = 0.2
+    assert (await browser.poll(None)).status == 204
+    await asyncio.sleep(0.1)  # let the watcher establish its watermark
+    assert (await browser.poll(None)).status == 204  # read again: the first read predates it
+    from longpoll_app import store
+
+    reads: list[Any] = []
+    monkeypatch.setattr(store, "read", lambda *args: reads.append(args))
+    monkeypatch.setattr(store, "verify_session", lambda *args: reads.append(args))
+    assert (await browser.poll(None)).status == 204
+    assert reads == []
+    # ...and a message still reaches such a page at once.
+    monkeypatch.undo()
+    settings.LONGPOLL_TIMEOUT = 2.0
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.1)
+    await asend(browser.session_key, "first", 1)
+    assert (await held.response(1.0)).json()["messages"] == [{"id": 1, "type": "first", "data": 1}]
+
+
 async def test_too_many_polls_for_one_session(browser: Browser, settings: Any) -> None:
     settings.LONGPOLL_MAX_POLLS_PER_SESSION = 2
     held = [browser.start({"cursor": None}) for _ in range(2)]

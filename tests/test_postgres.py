@@ -21,9 +21,6 @@ def test_core_suite_passes_on_postgresql() -> None:
     env = dict(os.environ)
     # pytest-django makes (and drops) test_<name>: one name per run, side by side.
     env["DATABASE_URL"] = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/longpoll_{os.getpid()}"
-    # Worker threads hold their own connections: close them after each use so
-    # that the test database can be dropped at the end.
-    env["DJANGO_CONN_MAX_AGE"] = "0"
     run = subprocess.run(
         [
             sys.executable,
