@@ -70,7 +70,13 @@ if os.environ.get("DATABASE_URL"):
     # A pool, not CONN_MAX_AGE: under ASGI each request's sync code runs in a
     # thread of its own, and persistent per-thread connections pile up until
     # PostgreSQL refuses more ("too many clients").
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": 20}
+    # "timeout": while PostgreSQL is down the pool has no connection to give, and
+    # psycopg would hold each request 30 s for one; after 3 s it answers 503.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": 20,
+        "timeout": 3,
+    }
 else:
     DATABASES = {
         "default": {
