@@ -95,6 +95,7 @@ async def read_response(
 
 class Browser:
     __slots__ = (
+        "answered",
         "busy",
         "csrf",
         "cursor",
@@ -107,6 +108,7 @@ class Browser:
 
     def __init__(self, index: int) -> None:
         self.index = index
+        self.answered = False  # has had a poll answered
         self.session: str | None = None
         self.csrf: str | None = None
         self.cursor: int | None = None  # set from --initial-cursor at start
@@ -131,6 +133,7 @@ class Generator:
         self.seen_burst = 0
         self.msgs = 0
         self.polls = 0
+        self.answered = 0  # browsers that have had at least one poll answered
         self.polls_empty = 0
         self.polls_msg = 0
         self.gaps = 0
@@ -153,6 +156,7 @@ class Generator:
         return {
             "held": self.held,
             "polls": self.polls,
+            "answered": self.answered,
             "msgs": self.msgs,
             "burst": self.seen_burst,
             "fail": sum(self.failures.values()),
@@ -306,6 +310,9 @@ class Generator:
             now = time.time()
             reused = True
             self.polls += 1
+            if not b.answered:
+                b.answered = True
+                self.answered += 1
             if status == 200 and self.mode != "floor":
                 try:
                     self.handle_body(b, body, now)

@@ -401,8 +401,19 @@ def pct(values: list[float], p: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+SETTLE_HOLDS = 8  # holds the runner waits at most for every browser's first answer
+
+
 def total_stat(gens: list[LineProc]) -> dict[str, Any]:
-    out: dict[str, Any] = {"held": 0, "polls": 0, "msgs": 0, "burst": 0, "fail": 0, "connects": 0}
+    out: dict[str, Any] = {
+        "held": 0,
+        "polls": 0,
+        "answered": 0,
+        "msgs": 0,
+        "burst": 0,
+        "fail": 0,
+        "connects": 0,
+    }
     for g in gens:
         s = g.ask({"cmd": "stat"}, 30)
         for k in out:
@@ -507,12 +518,19 @@ def run_one(
             assert g.ask({"cmd": "start", "epoch": epoch})["ok"]
         # Ramp: first polls spread over one hold. The idle window starts once every
         # browser has had its first poll answered (about one more hold), so that it
-        # sees re-polls only, not a backlog of first polls (bounded: 3 holds).
+        # sees re-polls only, not a backlog of first polls (bounded: SETTLE_HOLDS).
         time.sleep(max(0.0, epoch + hold + 1.0 - time.time()))
-        while time.time() < epoch + 3 * hold and total_stat(gens)["polls"] < n:
+        answered = 0
+        while time.time() < epoch + SETTLE_HOLDS * hold:
+            answered = total_stat(gens)["answered"]
+            if answered >= n:
+                break
             time.sleep(0.5)
         time.sleep(1.0)
         res["settled_after_s"] = time.time() - epoch
+        res["answered_before_window"] = answered
+        if answered < n:
+            log(f"  not settled: {answered} of {n} browsers answered after {SETTLE_HOLDS} holds")
 
         # ---- idle window: at least one whole hold period, no messages
         window = max(args.idle, hold + 1.0)
@@ -686,6 +704,42 @@ def run_one(
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and total_stat(gens)["burst"] < expect:
                     time.sleep(0.05)
+                # the same burst in one send_many_to_session call, to a third browser
+                others = [i for i in range(n) if i not in (burst_index, burst2_index)]
+                burst3_index = random.Random(n + 2).choice(others or list(range(n)))
+                out = RAW / f"{tag}.burst-many.json"
+                subprocess.run(
+                    [
+                        *sender_base,
+                        "--burst",
+                        str(args.burst),
+                        "--burst-index",
+                        str(burst3_index),
+                        "--many",
+                        "--out",
+                        str(out),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    timeout=300,
+                )
+                burst3 = json.load(open(out))
+                sent += burst3["sent"]
+                res.update(
+                    burst3_index=burst3_index,
+                    sent_burst3=len(burst3["sent"]),
+                    sender_errors=res["sender_errors"] + burst3["n_errors"],
+                    burst3_meta={
+                        "first_t": burst3["first_t"],  # the call's start
+                        "last_done": burst3["last_done"],
+                        "call_s": burst3.get("call_s"),
+                    },
+                )
+                expect += len(burst3["sent"])
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and total_stat(gens)["burst"] < expect:
+                    time.sleep(0.05)
             # ---- drain: everything sent should be in by now; give it one more hold at most
             deadline = time.monotonic() + hold + 2
             while time.monotonic() < deadline and total_stat(gens)["msgs"] < len(sent):
@@ -760,6 +814,7 @@ def run_one(
         for key, lo, hi in (
             ("burst", BURST_SEQ, 2 * BURST_SEQ),
             ("burst2", 2 * BURST_SEQ, 3 * BURST_SEQ),
+            ("burst3", 3 * BURST_SEQ, 4 * BURST_SEQ),  # burst3_total_ms: from the call's start
         ):
             recv = [r[3] for r in records if lo <= r[0] < hi]
             if not res.get(f"sent_{key}"):
@@ -854,12 +909,15 @@ METRICS = [
     "burst2_total_ms",
     "burst2_after_last_send_ms",
     "burst2_from_commit_ms",
+    "burst3_total_ms",
     "late_sends",
     "sent_steady",
     "sent_burst",
     "sent_burst2",
+    "sent_burst3",
     "burst_received",
     "burst2_received",
+    "burst3_received",
     "idle_other_cpu",
 ]
 
@@ -907,8 +965,9 @@ def table(summary: dict[tuple[str, int], dict[str, Any]]) -> str:
     head = (
         "| server | N | idle CPU (one core) | × floor (same server) | × baseline | RSS / held poll (KB) "
         "| marginal KB / poll | RSS (MB) | p50 / p99 / max latency (ms) | lost | failed | 1,000-msg burst, 1,000 calls (ms) "
-        "| burst in 1 transaction, from commit (ms) | Redis CPU | rest of machine CPU |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| burst in 1 transaction, from commit (ms) | burst, one send_many call (ms) "
+        "| Redis CPU | rest of machine CPU |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     order = {s: i for i, s in enumerate(ALL_SERVERS)}
@@ -945,11 +1004,14 @@ def table(summary: dict[tuple[str, int], dict[str, Any]]) -> str:
             burst2 = f"incomplete: {fmt(s['burst2_received'])} of {fmt(s['sent_burst2'])}"
         if s["sent_burst2"] is not None and s["sent_burst2"] < ARGS_BURST[0]:
             burst2 += f" ‡ (only {s['sent_burst2']:.0f} sent in 20 s)"
+        burst3 = fmt(s["burst3_total_ms"])
+        if s["burst3_total_ms"] is None and s["sent_burst3"]:
+            burst3 = f"incomplete: {fmt(s['burst3_received'])} of {fmt(s['sent_burst3'])}"
         redis_cpu = fmt(s["idle_redis_cpu"], pct_=True) if "scaled" in srv else "–"
         rows.append(
             f"| {srv} | {n:,} | {fmt(cpu, pct_=True)} | {x_floor} | {x_base} | {fmt(s['rss_per_poll_kb'], '.1f')} "
             f"| {fmt(s['rss_per_poll_kb_marginal'], '.1f')} | {fmt(s['rss_idle_mb'], '.0f')} | {lat} "
-            f"| {fmt(s['lost'])} | {fmt(s['failed'])} | {burst} | {burst2} | {redis_cpu} "
+            f"| {fmt(s['lost'])} | {fmt(s['failed'])} | {burst} | {burst2} | {burst3} | {redis_cpu} "
             f"| {fmt(None if s['idle_other_cpu'] is None else max(0.0, s['idle_other_cpu']), pct_=True)} |"
         )
     return head + "\n".join(rows) + "\n"

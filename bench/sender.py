@@ -12,6 +12,7 @@ the time each send call took.
     python bench/sender.py --mode project --sessions S --rate 100 --duration 10 --out F
     python bench/sender.py --mode project --sessions S --burst 1000 --burst-index 17 --out F
     python bench/sender.py ... --burst 1000 --atomic   (one transaction; seqs from 2,000,000)
+    python bench/sender.py ... --burst 1000 --many     (one send_many_to_session; from 3,000,000)
 """
 
 from __future__ import annotations
@@ -69,6 +70,17 @@ def project_sender() -> Callable[[str, dict[str, Any]], None]:
     return send_sync
 
 
+def project_many_sender() -> Callable[[str, list[dict[str, Any]]], None]:
+    """Sends a whole burst in one ``send_many_to_session`` call."""
+    project_sender()  # sets Django up
+    from longpoll_app.api import send_many_to_session
+
+    def send_many(session: str, datas: list[dict[str, Any]]) -> None:
+        send_many_to_session(session, [("bench", data) for data in datas])
+
+    return send_many
+
+
 def baseline_sender(port: int) -> Callable[[str, dict[str, Any]], None]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
@@ -104,6 +116,11 @@ def main() -> None:
         action="store_true",
         help="project: send the burst inside one transaction.atomic() (visible at commit)",
     )
+    parser.add_argument(
+        "--many",
+        action="store_true",
+        help="project: send the burst in one send_many_to_session call",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--max-seconds",
@@ -114,6 +131,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--run-id", required=True, help="goes into every message's data")
     args = parser.parse_args()
+    if args.many and (args.mode != "project" or args.atomic or not args.burst):
+        parser.error("--many needs --mode project and --burst, and excludes --atomic")
 
     sessions = load_sessions(args.sessions, args.mode, args.total)
     send = project_sender() if args.mode == "project" else baseline_sender(args.port)
@@ -132,7 +151,23 @@ def main() -> None:
     time.sleep(0.5)
 
     lateness: list[float] = []
-    if args.burst:
+    if args.many:
+        idx, session = sessions[args.burst_index]
+        base = BURST_SEQ * 3
+        send_many = project_many_sender()
+        t = time.time()  # every message carries the call's start
+        try:
+            send_many(
+                session,
+                [{"t": t, "seq": base + k, "run": args.run_id} for k in range(args.burst)],
+            )
+            sent = [(base + k, idx, t) for k in range(args.burst)]
+        except Exception as exc:  # the call failed: nothing was sent
+            errors.append(repr(exc))
+        call_times.append(time.time() - t)
+        extra["call_t"] = t
+        extra["call_s"] = call_times[-1]
+    elif args.burst:
         idx, session = sessions[args.burst_index]
         base = BURST_SEQ * (2 if args.atomic else 1)
         block: Any = contextlib.nullcontext()

@@ -1,8 +1,8 @@
 """Per-session server push for Django over HTTP long-polling, on Channels.
 
-``send_to_session``, ``send_to_user`` and their async twins live in
-``longpoll_app.api`` and are importable from here too; ``handler`` registers
-functions for messages that pages send.
+``send_to_session``, ``send_many_to_session``, ``send_to_user`` and their
+async twins live in ``longpoll_app.api`` and are importable from here too;
+``handler`` registers functions for messages that pages send.
 """
 
 from typing import Any
@@ -11,15 +11,24 @@ from .handlers import handler
 from .signals import message_received
 
 __all__ = [
+    "asend_many_to_session",
     "asend_to_session",
     "asend_to_user",
     "handler",
     "message_received",
+    "send_many_to_session",
     "send_to_session",
     "send_to_user",
 ]
 
-_API = {"send_to_session", "send_to_user", "asend_to_session", "asend_to_user"}
+_API = {
+    "send_to_session",
+    "send_many_to_session",
+    "send_to_user",
+    "asend_to_session",
+    "asend_many_to_session",
+    "asend_to_user",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,10 +17,7 @@ import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.consumer import AsyncConsumer, get_handler_name
-from channels.exceptions import StopConsumer
-from channels.utils import await_many_dispatch
-from django.conf import settings
+from channels.consumer import AsyncConsumer
 from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
 from django.db import DatabaseError, close_old_connections
@@ -38,7 +35,16 @@ from .protocol import (
     parse_object,
     too_many,
 )
-from .security import build_request, check_csrf, check_host, csrf_needs_session
+from .security import (
+    build_request,
+    check_csrf,
+    check_host,
+    csrf_needs_session,
+    is_vetted,
+    remember_vetted,
+    request_digest,
+    session_cookie,
+)
 
 log = logging.getLogger("longpoll_app")
 
@@ -51,61 +57,55 @@ Answer = tuple[int, Any, dict[str, str]]  # status, JSON body (None: no body), h
 class LongpollConsumer(AsyncConsumer):
     """Reads a POST body, checks host, CSRF and session, and answers with JSON.
 
-    Subclasses implement ``answer(request, session_key)``. It runs in a task,
-    so it may wait as long as it likes; whatever it raises becomes a JSON error.
+    Subclasses implement ``answer(session_key, body)``. It runs in a task of its
+    own while this consumer waits for ``http.disconnect``, so it may wait as
+    long as it likes and is cancelled the moment the client leaves; whatever it
+    raises becomes a JSON error.
     """
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # Unlike AsyncConsumer.__call__, ask the channel layer for no channel:
-        # one per request is the churn that made idle polls expensive. The hub
-        # receives wake-ups for the whole process instead.
+        # Unlike AsyncConsumer.__call__, ask the channel layer for no channel (one
+        # per request is the churn that made idle polls expensive; the hub gets
+        # wake-ups for the whole process), and dispatch without a task per message.
         self.scope = scope
         self.base_send = send
-        self.body = bytearray()
-        self.task: asyncio.Task[None] | None = None
-        with contextlib.suppress(StopConsumer):
-            await await_many_dispatch([receive], self.dispatch)
+        body = await self._read_body(receive)
+        if body is None:
+            return
+        answering = asyncio.ensure_future(self._respond(body))
+        try:
+            # Both servers send http.disconnect once the answer is complete, too.
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            if not answering.done():
+                answering.cancel()  # the client left: give back what the poll holds
+                await asyncio.gather(answering, return_exceptions=True)
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # AsyncConsumer.dispatch checks the DB connections in a worker thread
-        # before every message; these handlers touch no DB themselves.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is not None:
-            await handler(message)
+    async def _read_body(self, receive: Any) -> bytes | None:
+        """The whole body; None if the client left or it was refused as too large."""
+        limit = conf.LONGPOLL_MAX_MESSAGE_BYTES
+        if self._declared_length() > limit:
+            await self._send_answer(_too_large(limit))
+            return None
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await self._send_answer(_too_large(limit))
+                return None
+            if not message.get("more_body", False):
+                return body
 
-    async def http_request(self, message: dict[str, Any]) -> None:
-        if self.task is not None:
-            return  # already answering (a 413 before the whole body arrived)
-        self.body += message.get("body", b"")
-        if len(self.body) > conf.LONGPOLL_MAX_MESSAGE_BYTES or self._declared_too_large():
-            self.task = asyncio.ensure_future(self._send_answer(self._too_large()))
-        elif not message.get("more_body", False):
-            self.task = asyncio.ensure_future(self._respond(bytes(self.body)))
-
-    async def http_disconnect(self, message: dict[str, Any]) -> None:
-        """The client left (or the answer is complete): stop, holding nothing."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        raise StopConsumer
-
-    def _declared_too_large(self) -> bool:
+    def _declared_length(self) -> int:
         for name, value in self.scope.get("headers", ()):
             if name == b"content-length":
-                try:
-                    return int(value) > conf.LONGPOLL_MAX_MESSAGE_BYTES
-                except ValueError:
-                    return False
-        return False
-
-    def _too_large(self) -> Answer:
-        limit = conf.LONGPOLL_MAX_MESSAGE_BYTES
-        error = ProtocolError(
-            413,
-            "body_too_large",
-            f"The body is larger than LONGPOLL_MAX_MESSAGE_BYTES ({limit} bytes).",
-        )
-        return error.status, error.body(), error.headers
+                with contextlib.suppress(ValueError):
+                    return int(value)
+        return 0
 
     async def _respond(self, body: bytes) -> None:
         try:
@@ -129,18 +129,21 @@ class LongpollConsumer(AsyncConsumer):
                 f"Use POST, not {self.scope['method']}.",
                 {"Allow": "POST"},
             )
-        request = build_request(self.scope, body)
-        check_host(request)
-        session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME) or None
-        if csrf_needs_session():
-            await sync_to_async(_check_csrf_with_session)(request, session_key)
-        else:
-            check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
+        session_key = session_cookie(self.scope)
+        digest = request_digest(self.scope)
+        if not is_vetted(digest):
+            request = build_request(self.scope, body)
+            check_host(request)
+            if csrf_needs_session():
+                await sync_to_async(_check_csrf_with_session)(request, session_key)
+            else:
+                check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
+            remember_vetted(digest)
         if session_key is None:
             raise no_session()
-        return await self.answer(request, session_key)
+        return await self.answer(session_key, body)
 
-    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
+    async def answer(self, session_key: str, body: bytes) -> Answer:
         raise NotImplementedError  # pragma: no cover - each endpoint defines it
 
     async def _send_answer(self, answer: Answer) -> None:
@@ -156,6 +159,15 @@ class LongpollConsumer(AsyncConsumer):
             await self.base_send({"type": "http.response.body", "body": body})
         except Exception as exc:  # the client left while we answered; nothing to tell it
             log.debug("longpoll: could not send the answer: %s", exc)
+
+
+def _too_large(limit: int) -> Answer:
+    error = ProtocolError(
+        413,
+        "body_too_large",
+        f"The body is larger than LONGPOLL_MAX_MESSAGE_BYTES ({limit} bytes).",
+    )
+    return error.status, error.body(), error.headers
 
 
 def _check_csrf_with_session(request: ASGIRequest, session_key: str | None) -> None:
@@ -181,8 +193,8 @@ class PollConsumer(LongpollConsumer):
     ``LONGPOLL_EMPTY_STATUS`` after ``LONGPOLL_TIMEOUT`` seconds without any.
     """
 
-    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
-        cursor = parse_cursor(parse_object(request.body))
+    async def answer(self, session_key: str, body: bytes) -> Answer:
+        cursor = parse_cursor(parse_object(body))
         hub = Hub.current()
         await hub.ready()
         follow = hub.follow(session_key)
@@ -195,14 +207,12 @@ class PollConsumer(LongpollConsumer):
             )
         follow.held += 1
         try:
-            return await self._hold(hub, follow, request, cursor)
+            return await self._hold(hub, follow, cursor)
         finally:
             follow.held -= 1
             follow.used_at = hub.loop.time()
 
-    async def _hold(
-        self, hub: Hub, follow: Follow, request: ASGIRequest, cursor: int | None
-    ) -> Answer:
+    async def _hold(self, hub: Hub, follow: Follow, cursor: int | None) -> Answer:
         loop = hub.loop
         deadline = loop.time() + conf.LONGPOLL_TIMEOUT
         acknowledged = cursor  # what the page says it received
@@ -217,7 +227,7 @@ class PollConsumer(LongpollConsumer):
                 cursor = follow.last_id
             batch = None
             if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
-                batch = await self._read(hub, follow, request, cursor)
+                batch = await self._read(hub, follow, cursor)
             if acknowledged is not None:
                 # Also on the trusted path: the usual re-poll after a batch reads
                 # nothing, yet it is what acknowledges that batch (deleted later,
@@ -235,22 +245,15 @@ class PollConsumer(LongpollConsumer):
             if follow.ended:
                 raise no_session()
 
-    async def _read(
-        self, hub: Hub, follow: Follow, request: ASGIRequest, cursor: int | None
-    ) -> store.Batch:
+    async def _read(self, hub: Hub, follow: Follow, cursor: int | None) -> store.Batch:
         """Read the store (checking the session too, when that is due)."""
-        verify = follow.pk is None or (
-            hub.loop.time() - follow.checked_at >= conf.LONGPOLL_SESSION_RECHECK
-        )
         started = hub.loop.time()
-        record, batch = await run_in_thread(_snapshot)(
-            follow.session_key,
-            follow.pk,
-            cursor,
-            verify,
-            request.META.get("REMOTE_ADDR"),
-            request.META.get("HTTP_USER_AGENT", ""),
-        )
+        record: store.SessionRecord | None
+        if follow.pk is None or started - follow.checked_at >= conf.LONGPOLL_SESSION_RECHECK:
+            record = await hub.check_session(follow.session_key, *_client_of(self.scope))
+            batch = None if record is None else await _read_after_check(record, cursor)
+        else:
+            record, batch = await run_in_thread(_read_known)(follow.pk, cursor)
         if record is None or batch is None:
             if follow.pk is not None:
                 hub.end(follow.pk)
@@ -260,26 +263,30 @@ class PollConsumer(LongpollConsumer):
         return batch
 
 
-def _snapshot(
-    session_key: str,
-    session_pk: int | None,
-    cursor: int | None,
-    verify: bool,
-    ip_address: str | None,
-    user_agent: str,
+async def _read_after_check(record: store.SessionRecord, cursor: int | None) -> store.Batch | None:
+    ids = (record.last_id, record.acked_id)
+    if store.nothing_after(cursor, ids):  # the check said it all: no trip for messages
+        return store.read(record.pk, cursor, conf.LONGPOLL_BATCH_SIZE, ids)
+    batch: store.Batch | None = await run_in_thread(store.read)(
+        record.pk, cursor, conf.LONGPOLL_BATCH_SIZE, ids
+    )
+    return batch
+
+
+def _read_known(
+    session_pk: int, cursor: int | None
 ) -> tuple[store.SessionRecord | None, store.Batch | None]:
-    """One worker-thread trip: check the session when due, then read messages."""
-    if verify or session_pk is None:
-        record = store.verify_session(session_key, ip_address, user_agent)
-        if record is None:
-            return None, None
-        session_pk = record.pk
     batch = store.read(session_pk, cursor, conf.LONGPOLL_BATCH_SIZE)
     if batch is None:
         return None, None
-    if not verify:
-        record = store.SessionRecord(pk=session_pk, last_id=batch.last_id, acked_id=0)
-    return record, batch
+    return store.SessionRecord(pk=session_pk, last_id=batch.last_id, acked_id=0), batch
+
+
+def _client_of(scope: dict[str, Any]) -> tuple[str | None, str]:
+    """The client's address and user agent, as ``request.META`` would give them."""
+    client = scope.get("client")
+    agents = [v for k, v in scope["headers"] if k == b"user-agent"]
+    return (client[0] if client else None), (agents[0].decode("latin-1") if agents else "")
 
 
 def _batch_body(batch: store.Batch) -> dict[str, Any]:
@@ -296,8 +303,8 @@ class SendConsumer(LongpollConsumer):
     retried ``id`` within ``LONGPOLL_DEDUP_WINDOW`` is handled only once.
     """
 
-    async def answer(self, request: ASGIRequest, session_key: str) -> Answer:
-        client_id, message_type, data = parse_client_message(parse_object(request.body))
+    async def answer(self, session_key: str, body: bytes) -> Answer:
+        client_id, message_type, data = parse_client_message(parse_object(body))
         wait = _send_buckets.take(session_key, conf.LONGPOLL_SEND_RATE, conf.LONGPOLL_SEND_BURST)
         if wait:
             raise too_many(
@@ -310,6 +317,7 @@ class SendConsumer(LongpollConsumer):
             raise ProtocolError(
                 400, "unknown_type", f"No handler is registered for message type {message_type!r}."
             )
+        request = build_request(self.scope, body)  # for get_user() in the handler's thread
         accepted = await sync_to_async(_accept)(request, session_key, client_id)
         if accepted is None:
             raise no_session()

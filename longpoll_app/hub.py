@@ -25,6 +25,8 @@ store. That keeps idle re-polls off the database without ever hiding a message.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import math
 import threading
@@ -47,10 +49,12 @@ RESUBSCRIBE_AFTER = 3600.0  # seconds; well inside channels-redis's default grou
 ACK_DELAY = 0.05  # seconds acknowledgements gather before one delete removes them all
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between attempts to reach the layer again
 LAYER_CONCURRENCY = 16  # group_add/discard calls in flight at once, per hub
+CHECK_BATCH = 1000  # session checks in one trip to the database at most
 CLOSE_TIMEOUT = 2.0  # seconds aclose() waits for the hub's tasks to stop
 PROBE_GROUP = "longpoll.probe"  # a group nobody joins: leaving it is a harmless round trip
 
 
+@functools.cache  # making the wrapper costs more than many a call through it
 def run_in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` run in a worker thread of its own with a healthy DB connection.
 
@@ -68,7 +72,7 @@ def run_in_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
     return sync_to_async(call, thread_sensitive=False)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: one per session, kept for as long as it polls
 class Follow:
     """What the hub knows about one session that polls in this process."""
 
@@ -105,6 +109,9 @@ class Hub:
         self._ready = asyncio.Event()
         self._outage = False
         self._layer_calls = asyncio.Semaphore(LAYER_CONCURRENCY)
+        # Session checks waiting for the next trip to the database, by session key.
+        self._checks: dict[str, tuple[str | None, str, list[asyncio.Future[Any]]]] = {}
+        self._checking = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -272,6 +279,53 @@ class Hub:
     def held_polls(self) -> int:
         return sum(follow.held for follow in self.follows.values())
 
+    # -- session checks -----------------------------------------------------
+
+    async def check_session(
+        self, session_key: str, ip_address: str | None, user_agent: str
+    ) -> store.SessionRecord | None:
+        """``store.verify_session``, for the polls that arrive together in one go.
+
+        While one trip to the database is under way, the checks that arrive
+        wait and go in the next, together: a thousand browsers (re)connecting
+        cost a few queries, not a few thousand.
+        """
+        waiter: asyncio.Future[store.SessionRecord | None] = self.loop.create_future()
+        entry = self._checks.setdefault(session_key, (ip_address, user_agent, []))
+        entry[2].append(waiter)
+        if not self._checking:
+            self._checking = True
+            self._spawn(self._run_checks())
+        return await waiter
+
+    async def _run_checks(self) -> None:
+        batch: dict[str, tuple[str | None, str, list[asyncio.Future[Any]]]] = {}
+        try:
+            while self._checks:
+                keys = list(itertools.islice(self._checks, CHECK_BATCH))
+                batch = {key: self._checks.pop(key) for key in keys}
+                polls = [(key, ip, agent) for key, (ip, agent, _) in batch.items()]
+                try:
+                    records = await run_in_thread(store.verify_sessions)(polls)
+                except Exception as exc:
+                    for _, _, waiters in batch.values():
+                        for waiter in waiters:
+                            if not waiter.done():
+                                waiter.set_exception(exc)
+                    continue
+                for key, (_, _, waiters) in batch.items():
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(records.get(key))
+        except asyncio.CancelledError:  # the hub is closing: so are the polls waiting
+            for _, _, waiters in [*batch.values(), *self._checks.values()]:
+                for waiter in waiters:
+                    waiter.cancel()
+            self._checks.clear()
+            raise
+        finally:
+            self._checking = False
+
     # -- acknowledgements ---------------------------------------------------
 
     def ack(self, follow: Follow, cursor: int) -> None:
@@ -384,13 +438,26 @@ class Hub:
                     ):
                         watermark = message_pk
                         self.wake(session_pk, seq)
+                self._watch_recovered()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._report_outage(exc)
-                watermark = None
+                # The watermark stays: the next check that works finds every message
+                # queued meanwhile, so what the hub knows stays trustworthy (a busy
+                # SQLite answering "database is locked" only delays the wake-ups).
+                self._watch_failed(exc)
             self._ready.set()
             await asyncio.sleep(conf.LONGPOLL_WATCH_INTERVAL)
+
+    def _watch_failed(self, exc: BaseException) -> None:
+        if not self._outage:
+            self._outage = True
+            log.error("longpoll: cannot check the store for new messages (%s); will retry", exc)
+
+    def _watch_recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("longpoll: checking the store for new messages again")
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -5,10 +5,19 @@ Channels runs no Django middleware for consumers, so the consumers build an
 the same code that protects Django's views, settings and all
 (``CSRF_TRUSTED_ORIGINS``, ``CSRF_COOKIE_NAME``, ``CSRF_HEADER_NAME``,
 ``CSRF_USE_SESSIONS``), only with a JSON refusal instead of the HTML page.
+
+Those checks cost about 75 us a request, as much as the server's whole work
+for an idle poll, and a page re-polls with the same headers every hold. Their
+verdict depends on nothing but the request's method, scheme, server, path and
+headers (and the settings), so a request that matches one that passed, header
+for header, passes without running them again (``is_vetted``). The body counts
+too, but only for form posts, which are never remembered; nor are requests
+when the CSRF token lives in the session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from typing import Any
@@ -19,6 +28,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse
+from django.http.cookie import parse_cookie
 from django.middleware.csrf import CsrfViewMiddleware
 
 from .protocol import ProtocolError
@@ -45,16 +55,62 @@ def _protected_view(request: HttpRequest) -> HttpResponse:  # pragma: no cover
 _csrf = _JsonCsrfMiddleware(_unused_response)
 
 
+VETTED_MAX = 200_000  # remembered verdicts; the oldest go first (16 bytes each, plus the dict's)
+FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
+# Digests of requests that passed the host and CSRF checks, oldest first.
+_vetted: dict[bytes, None] = {}
+
+
 @receiver(setting_changed, dispatch_uid="longpoll_csrf_settings")
 def _reload_csrf_settings(setting: str, **kwargs: Any) -> None:
     # The middleware caches CSRF_TRUSTED_ORIGINS; follow override_settings.
     global _csrf
     if setting.startswith("CSRF_"):
         _csrf = _JsonCsrfMiddleware(_unused_response)
+    _vetted.clear()  # ALLOWED_HOSTS, SECURE_PROXY_SSL_HEADER, ... may change a verdict
+
+
+def request_digest(scope: dict[str, Any]) -> bytes | None:
+    """What the host and CSRF verdicts depend on, hashed; None when it can't be
+    remembered (a form body, or the token kept in the session)."""
+    if settings.CSRF_USE_SESSIONS:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    server = str(scope.get("server")).encode()
+    parts = [scope["method"].encode(), scope.get("scheme", "http").encode(), server]
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            continue  # the cursor in the body changes it; the verdict does not read it
+        if name == b"content-type" and value.lower().startswith(FORM_TYPES):
+            return None  # the token may come from the body
+        parts += (name, value)
+    parts.append(scope["path"].encode())
+    for part in parts:
+        # Each part's length first, so that no two requests hash the same bytes.
+        digest.update(b"%d:%s" % (len(part), part))
+    return digest.digest()
+
+
+def is_vetted(digest: bytes | None) -> bool:
+    return digest is not None and digest in _vetted
+
+
+def remember_vetted(digest: bytes | None) -> None:
+    if digest is None:
+        return
+    if len(_vetted) >= VETTED_MAX:
+        del _vetted[next(iter(_vetted))]
+    _vetted[digest] = None
 
 
 def build_request(scope: dict[str, Any], body: bytes) -> ASGIRequest:
     return ASGIRequest(scope, io.BytesIO(body))
+
+
+def session_cookie(scope: dict[str, Any]) -> str | None:
+    """The session key from the request's cookies, as ``request.COOKIES`` reads it."""
+    cookies = "; ".join(v.decode("latin-1") for k, v in scope["headers"] if k == b"cookie")
+    return parse_cookie(cookies).get(settings.SESSION_COOKIE_NAME) or None
 
 
 def check_host(request: HttpRequest) -> None:

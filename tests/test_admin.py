@@ -286,7 +286,7 @@ async def test_held_column_comes_from_a_real_hub_report(
 
 
 async def test_bookkeeping_is_written_at_recheck_not_on_every_poll(
-    browser: Browser, settings: Any
+    browser: Browser, settings: Any, monkeypatch: Any
 ) -> None:
     settings.LONGPOLL_TIMEOUT = 0.1
     assert (await browser.poll(None)).status == 204
@@ -297,6 +297,11 @@ async def test_bookkeeping_is_written_at_recheck_not_on_every_poll(
     again = await LongpollSession.objects.aget(session_key=browser.session_key)
     assert again.last_poll == first.last_poll  # no write within LONGPOLL_SESSION_RECHECK
     settings.LONGPOLL_SESSION_RECHECK = 0.05
+    await asyncio.sleep(0.1)
+    assert (await browser.poll(0)).status == 204
+    rechecked = await LongpollSession.objects.aget(session_key=browser.session_key)
+    assert rechecked.last_poll == first.last_poll  # nothing changed: a re-check writes nothing
+    monkeypatch.setattr(store, "LAST_POLL_PRECISION", 0.05)
     await asyncio.sleep(0.1)
     assert (await browser.poll(0)).status == 204
     later = await LongpollSession.objects.aget(session_key=browser.session_key)

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connections, transaction
 from django.test import RequestFactory
 
-from longpoll_app import api, asend_to_session, asend_to_user, send_to_session, send_to_user
+from longpoll_app import (
+    api,
+    asend_many_to_session,
+    asend_to_session,
+    asend_to_user,
+    send_many_to_session,
+    send_to_session,
+    send_to_user,
+    store,
+)
+from longpoll_app.hub import shared_layer
 from longpoll_app.models import LongpollSession, Message
 from longpoll_app.store import session_store
+from longpoll_app.testing import capture_messages
 
 from .conftest import Browser, new_session_key
 
@@ -167,3 +180,235 @@ def test_deleted_session_purges_the_queue(transactional_db: None) -> None:
     send_to_session(key, "m")
     Session.objects.filter(session_key=key).delete()
     assert not Message.objects.exists()
+
+
+@pytest.fixture
+def woken(monkeypatch: Any) -> list[tuple[int, int]]:
+    """(session pk, id) of every wake, in order, instead of waking."""
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(api, "wake", lambda queued: calls.append((queued.session_pk, queued.seq)))
+    return calls
+
+
+def _pk(key: str) -> int:
+    return LongpollSession.objects.get(session_key=key).pk
+
+
+def test_send_many_queues_in_order_and_wakes_once(
+    transactional_db: None, woken: list[tuple[int, int]]
+) -> None:
+    key = new_session_key()
+    assert send_to_session(key, "first") == 1
+    ids = send_many_to_session(key, [("a", 1), ("b", [2]), ["c", None]])
+    assert ids == [2, 3, 4]
+    assert list(Message.objects.order_by("seq").values_list("seq", "type", "data")) == [
+        (1, "first", None),
+        (2, "a", 1),
+        (3, "b", [2]),
+        (4, "c", None),
+    ]
+    assert woken == [(_pk(key), 1), (_pk(key), 4)]  # one wake for the three
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (("", 1), ValueError, r"messages\[1\]: Message type must be"),
+        (("status", 1), ValueError, r"messages\[1\]: Message type 'status' is reserved"),
+        (("ok", {1, 2}), TypeError, r"messages\[1\]: Data for message type 'ok'"),
+        ("ab", TypeError, r"messages\[1\] must be a \(type, data\) pair, not 'ab'"),
+        (("a", 1, 2), TypeError, r"messages\[1\] must be a \(type, data\) pair"),
+    ],
+)
+def test_send_many_checks_every_message_before_queuing_any(
+    transactional_db: None, bad: Any, error: type, match: str
+) -> None:
+    key = new_session_key()
+    with pytest.raises(error, match=match):
+        send_many_to_session(key, [("fine", 0), bad, ("fine", 2)])
+    assert not Message.objects.exists()
+
+
+def test_send_many_accepts_any_iterable_and_nothing(
+    transactional_db: None, woken: list[tuple[int, int]]
+) -> None:
+    key = new_session_key()
+    assert send_many_to_session(key, []) == []
+    assert woken == []
+    assert send_many_to_session(key, ((f"t{n}", n) for n in range(3))) == [1, 2, 3]
+    with pytest.raises(LookupError):
+        send_many_to_session("no-such-session-key-000000000000", [("t", 1)])
+
+
+def test_send_many_respects_the_queue_cap(transactional_db: None, settings: Any) -> None:
+    settings.LONGPOLL_MAX_QUEUE = 3
+    key = new_session_key()
+    assert send_many_to_session(key, [("t", n) for n in range(5)]) == [1, 2, 3, 4, 5]
+    assert list(Message.objects.values_list("data", flat=True)) == [2, 3, 4]
+    assert LongpollSession.objects.get().dropped == 2
+
+
+def test_send_many_is_captured_like_single_sends(transactional_db: None) -> None:
+    key = new_session_key()
+    with capture_messages() as sent:
+        assert send_many_to_session(key, [("a", 1), ("b", 2)]) == [1, 2]
+        assert send_to_session(key, "c", 3) == 3
+    assert [(m.type, m.data, m.session_key) for m in sent] == [
+        ("a", 1, key),
+        ("b", 2, key),
+        ("c", 3, key),
+    ]
+    assert not Message.objects.exists()
+    with capture_messages(deliver=True) as sent:
+        assert send_many_to_session(key, [("d", 4)]) == [1]
+    assert sent.types == ["d"]
+    assert list(Message.objects.values_list("type", flat=True)) == ["d"]
+
+
+async def test_asend_many_reaches_a_held_poll(browser: Browser, layer: str) -> None:
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.1)
+    assert await asend_many_to_session(browser.session_key, [("a", 1), ("b", 2)]) == [1, 2]
+    response = await held.response(1.0)
+    assert [m["id"] for m in response.json()["messages"]] == [1, 2]
+
+
+def test_sends_in_a_transaction_wake_each_session_once_at_commit(
+    transactional_db: None, woken: list[tuple[int, int]]
+) -> None:
+    a, b = new_session_key(), new_session_key()
+    with transaction.atomic():
+        for n in range(5):
+            send_to_session(a, "m", n)
+            send_to_session(b, "m", n)
+        send_many_to_session(a, [("m", 5), ("m", 6)])
+        assert woken == []
+    assert sorted(woken) == sorted([(_pk(a), 7), (_pk(b), 5)])
+
+
+def test_send_to_user_in_a_transaction_wakes_each_session_once(
+    transactional_db: None, django_user_model: Any, woken: list[tuple[int, int]]
+) -> None:
+    user = django_user_model.objects.create_user("eve", password="pw-eve-123")
+    keys = [_login_session(user) for _ in range(2)]
+    for key in keys:
+        store.verify_session(key)
+    with transaction.atomic():
+        for _ in range(3):
+            assert send_to_user(user, "note") == 2
+    assert sorted(woken) == sorted((_pk(key), 3) for key in keys)
+
+
+def test_a_wake_never_carries_an_id_rolled_back_to_a_savepoint(
+    transactional_db: None, woken: list[tuple[int, int]]
+) -> None:
+    key = new_session_key()
+    with transaction.atomic():
+        send_to_session(key, "kept")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            send_to_session(key, "undone")  # id 2, rolled back
+            raise RuntimeError("roll back to the savepoint")
+    assert woken == [(_pk(key), 1)]
+    with transaction.atomic():
+        assert send_to_session(key, "outer") == 2
+        with transaction.atomic():
+            send_to_session(key, "inner")  # id 3, released with its savepoint
+    assert max(seq for _, seq in woken[1:]) == 3
+
+
+def test_outside_a_transaction_every_send_wakes_at_once(
+    transactional_db: None, woken: list[tuple[int, int]]
+) -> None:
+    key = new_session_key()
+    for n in range(3):
+        send_to_session(key, "m", n)
+        assert woken[-1] == (_pk(key), n + 1)
+    assert len(woken) == 3
+
+
+async def test_wakes_reach_the_redis_group_through_one_long_lived_loop(
+    transactional_db: None, redis_layer: None
+) -> None:
+    layer = shared_layer()
+    assert layer is not None
+    key = await sync_to_async(new_session_key)()
+    channel = await layer.new_channel()
+    await layer.group_add(store.wake_group(key), channel)
+    pools: list[int] = []
+    create_pool = layer.create_pool
+
+    def counted_create_pool(index: int) -> Any:
+        pools.append(index)
+        return create_pool(index)
+
+    layer.create_pool = counted_create_pool
+    count = 50
+
+    def send_from_a_plain_thread() -> None:
+        # Not sync_to_async: from its threads async_to_sync borrows the caller's
+        # loop; a plain thread (a management command, a worker) has none.
+        try:
+            for n in range(count):
+                send_to_session(key, "m", n)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    await asyncio.get_running_loop().run_in_executor(None, send_from_a_plain_thread)
+    received = [await asyncio.wait_for(layer.receive(channel), 2.0) for _ in range(count)]
+    assert [message["last_id"] for message in received] == list(range(1, count + 1))
+    # One loop for every send, so one connection pool (async_to_sync made one per send).
+    assert len(pools) <= 1
+    assert api._loop_for_sends().thread.is_alive()
+
+
+async def test_a_sync_send_from_a_thread_running_a_loop_does_not_deadlock(
+    transactional_db: None, redis_layer: None
+) -> None:
+    layer = shared_layer()
+    assert layer is not None
+    channel = await layer.new_channel()
+    await layer.group_add("longpoll.test-group", channel)
+    # Sync code called straight from async code: this thread runs a loop.
+    assert api._group_send("longpoll.test-group", {"type": "longpoll.wake", "last_id": 7})
+    assert (await asyncio.wait_for(layer.receive(channel), 2.0))["last_id"] == 7
+
+
+def test_an_unreachable_layer_is_logged_once_and_the_message_kept(
+    transactional_db: None, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]},  # nothing listens there
+        }
+    }
+    key = new_session_key()
+    with caplog.at_level(logging.WARNING, logger="longpoll_app"):
+        assert [send_to_session(key, "m", n) for n in range(3)] == [1, 2, 3]
+    assert caplog.text.count("could not wake") == 1
+    assert Message.objects.count() == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_a_send_loop_of_its_own(redis_layer: None) -> None:
+    parent_loop = api._loop_for_sends()
+    assert api._group_send("longpoll.fork-test", {"type": "longpoll.wake", "last_id": 1})
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        status = 1
+        try:
+            child_loop = api._loop_for_sends()
+            fresh = child_loop is not parent_loop and child_loop.thread.is_alive()
+            sent = api._group_send("longpoll.fork-test", {"type": "longpoll.wake", "last_id": 2})
+            status = 0 if fresh and sent else 2
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + 10.0
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert api._loop_for_sends() is parent_loop  # the parent's loop is untouched

@@ -161,7 +161,7 @@ async def test_idle_repoll_reads_nothing_from_the_store(
 
     reads: list[Any] = []
     monkeypatch.setattr(store, "read", lambda *args: reads.append(args))
-    monkeypatch.setattr(store, "verify_session", lambda *args: reads.append(args))
+    monkeypatch.setattr(store, "verify_sessions", lambda *args: reads.append(args))
     assert (await browser.poll(cursor)).status == 204
     assert reads == []
 
@@ -178,7 +178,7 @@ async def test_fresh_page_idle_repoll_reads_nothing_from_the_store(
 
     reads: list[Any] = []
     monkeypatch.setattr(store, "read", lambda *args: reads.append(args))
-    monkeypatch.setattr(store, "verify_session", lambda *args: reads.append(args))
+    monkeypatch.setattr(store, "verify_sessions", lambda *args: reads.append(args))
     assert (await browser.poll(None)).status == 204
     assert reads == []
     # ...and a message still reaches such a page at once.
@@ -336,7 +336,7 @@ async def test_database_outage_is_503_with_retry_after(browser: Browser, monkeyp
     def down(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(store, "verify_session", down)
+    monkeypatch.setattr(store, "verify_sessions", down)
     response = await browser.poll(None)
     assert response.status == 503
     assert response.headers["retry-after"] == "5"

@@ -7,9 +7,12 @@ import logging
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from longpoll_app.hub import Hub
 from longpoll_app.store import SessionRecord
+
+from .conftest import Browser
 
 
 async def followed(hub: Hub, key: str = "k" * 32, pk: int = 7) -> Any:
@@ -94,3 +97,51 @@ async def test_sweep_forgets_sessions_that_stopped_polling(layer: str) -> None:
     await hub.sweep(idle=0.0)
     assert hub.follows == {} and hub.by_pk == {}
     assert follow.pk is not None
+
+
+async def test_session_checks_that_arrive_together_share_one_trip(
+    make_browser: Any, settings: Any, monkeypatch: Any
+) -> None:
+    from longpoll_app import store
+
+    settings.LONGPOLL_TIMEOUT = 0.1
+    browsers = [await sync_to_async(make_browser)() for _ in range(20)]
+    trips: list[int] = []
+    verify_sessions = store.verify_sessions
+
+    def counted(polls: list[Any]) -> Any:
+        trips.append(len(polls))
+        return verify_sessions(polls)
+
+    monkeypatch.setattr(store, "verify_sessions", counted)
+    replies = await asyncio.gather(*(b.poll(None) for b in browsers))
+    assert [r.status for r in replies] == [204] * 20
+    assert sum(trips) == 20 and len(trips) < 20  # the checks that waited went together
+
+
+async def test_a_failing_watcher_keeps_its_place_and_loses_no_wake_up(
+    browser: Browser, settings: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    """A busy SQLite ("database is locked") only delays wake-ups from other processes."""
+    from django.db import OperationalError
+
+    from longpoll_app import store
+
+    settings.LONGPOLL_TIMEOUT = 3.0
+    assert (await browser.poll(None)).status == 204
+    await asyncio.sleep(0.2)  # the watcher has its watermark
+    held = browser.start({"cursor": 0})
+    assert not await held.answered_within(0.2)
+    messages_since = store.messages_since
+
+    def locked(*args: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(store, "messages_since", locked)
+    # Queued by "another process": straight into the store, no local wake-up.
+    queued = await sync_to_async(store.append)(browser.session_key, "late", 1)
+    assert not await held.answered_within(0.3)
+    monkeypatch.setattr(store, "messages_since", messages_since)
+    reply = await held.response(2.0)
+    assert reply.json()["messages"] == [{"id": queued.seq, "type": "late", "data": 1}]
+    assert "cannot check the store" in caplog.text

@@ -96,3 +96,74 @@ async def test_dead_session_cookies_see_nothing_and_create_nothing(
     assert response.status == 403
     assert response.json()["error"] == "no_session"
     assert await LongpollSession.objects.acount() == records  # nothing new
+
+
+# -- remembered verdicts ----------------------------------------------------------
+
+
+@pytest.fixture
+def csrf_runs(monkeypatch: Any) -> list[str]:
+    """Counts the runs of Django's CSRF check (the memo skips it)."""
+    from longpoll_app import security
+
+    runs: list[str] = []
+    process_view = security._csrf.process_view
+
+    def counted(request: Any, *args: Any) -> Any:
+        runs.append(request.META.get("HTTP_X_CSRFTOKEN", ""))
+        return process_view(request, *args)
+
+    monkeypatch.setattr(security._csrf, "process_view", counted)
+    security._vetted.clear()
+    return runs
+
+
+async def test_a_repeated_request_passes_on_the_remembered_verdict(
+    browser: Browser, settings: Any, csrf_runs: list[str]
+) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.05
+    for _ in range(3):
+        assert (await browser.poll(None)).status == 204
+    assert len(csrf_runs) == 1  # the same headers again: Django's verdict is reused
+
+
+async def test_any_other_header_is_checked_again_and_refusals_are_never_remembered(
+    browser: Browser, settings: Any, csrf_runs: list[str]
+) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.05
+    assert (await browser.poll(None)).status == 204
+    for _ in range(2):
+        forged = await browser.request({"cursor": None}, headers={"x-csrftoken": "x" * 32})
+        assert forged.status == 403 and forged.json()["error"] == "csrf_failed"
+    foreign = await browser.request({"cursor": None}, headers={"origin": "http://evil.example"})
+    assert foreign.status == 403
+    assert len(csrf_runs) == 4
+
+
+async def test_form_bodies_and_changed_settings_are_checked_again(
+    browser: Browser, settings: Any, csrf_runs: list[str]
+) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.05
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for _ in range(2):  # a form body may carry the token: never remembered
+        await browser.request({"cursor": None}, headers=form)
+    assert len(csrf_runs) == 2
+    assert (await browser.poll(None)).status == 204
+    settings.ALLOWED_HOSTS = ["elsewhere.example"]  # any setting change forgets every verdict
+    refused = await browser.poll(None)
+    assert refused.status == 400 and refused.json()["error"] == "disallowed_host"
+
+
+def test_request_digest_separates_header_boundaries() -> None:
+    from longpoll_app.security import request_digest
+
+    def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        return {"method": "POST", "scheme": "http", "path": "/p/", "headers": headers}
+
+    one = request_digest(scope([(b"x-a", b"bc"), (b"x-d", b"e")]))
+    other = request_digest(scope([(b"x-a", b"b"), (b"cx-d", b"e")]))
+    assert one is not None and other is not None and one != other
+    with_length = request_digest(
+        scope([(b"x-a", b"bc"), (b"x-d", b"e"), (b"content-length", b"9")])
+    )
+    assert with_length == one  # the cursor changes the length, not the verdict

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from longpoll_app import store
 from longpoll_app.models import ClientMessage, LongpollSession, Message
 
@@ -87,3 +89,82 @@ def test_verify_session_refuses_dead_sessions_without_writing(transactional_db: 
         "UA/1",
         store.session_fingerprint(key),
     )
+
+
+@pytest.mark.parametrize(
+    "engine", ["django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cache"]
+)
+def test_verify_sessions_checks_many_at_once_through_any_backend(
+    transactional_db: None, settings: Any, engine: str
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    settings.SESSION_ENGINE = engine
+    user = get_user_model().objects.create_user("ada")
+    live = [new_session_key(), new_session_key(_auth_user_id=str(user.pk))]
+    expired = store.session_store()
+    expired.set_expiry(-1)
+    expired.save()
+    keys = [*live, "0" * 32, str(expired.session_key)]
+    records = store.verify_sessions([(key, "10.0.0.2", "UA/2") for key in keys])
+    assert sorted(records) == sorted(live)
+    rows = dict(LongpollSession.objects.values_list("session_key", "user_id"))
+    assert rows == {live[0]: None, live[1]: user.pk}
+    again = store.verify_sessions([(key, "10.0.0.2", "UA/2") for key in keys])
+    assert again == records  # the same records, none made twice
+
+
+def test_nothing_after_spares_the_query_only_when_nothing_can_be_pending() -> None:
+    assert store.nothing_after(None, (5, 5)) and store.nothing_after(7, (7, 2))
+    assert not store.nothing_after(None, (5, 4)) and not store.nothing_after(3, (5, 5))
+    assert store.nothing_after(9, (5, 5))  # an earlier record's cursor, nothing unacknowledged
+
+
+def test_append_many_gives_consecutive_ids_in_order(transactional_db: None) -> None:
+    key = new_session_key()
+    store.append(key, "first", None)
+    queued = store.append_many(key, [("t", n) for n in range(12)])
+    assert queued.seq == 13
+    rows = list(Message.objects.order_by("seq").values_list("seq", "type", "data"))
+    assert rows == [(1, "first", None), *[(n + 2, "t", n) for n in range(12)]]
+    assert LongpollSession.objects.get().last_id == 13
+
+
+def test_append_without_update_returning_behaves_the_same(
+    transactional_db: None, monkeypatch: Any
+) -> None:
+    # The ORM path, for backends without UPDATE ... RETURNING.
+    monkeypatch.setattr(store, "_update_returning_works", lambda connection: False)
+    key = new_session_key()
+    assert [store.append(key, "t", n).seq for n in range(3)] == [1, 2, 3]
+    assert store.append_many(key, [("t", 3), ("t", 4)]).seq == 5
+    assert list(Message.objects.values_list("data", flat=True)) == [0, 1, 2, 3, 4]
+    with pytest.raises(LookupError):
+        store.append("no-such-session-key-000000000000", "t", None)
+
+
+def test_append_many_over_the_cap_keeps_the_newest_and_counts_the_rest(
+    transactional_db: None, settings: Any
+) -> None:
+    settings.LONGPOLL_MAX_QUEUE = 5
+    key = new_session_key()
+    for n in range(7):
+        store.append(key, "t", n)  # ids 1-7; 1 and 2 dropped
+    store.append_many(key, [("t", n) for n in range(7, 15)])  # ids 8-15, more than the cap
+    assert list(Message.objects.values_list("seq", flat=True)) == [11, 12, 13, 14, 15]
+    row = LongpollSession.objects.get()
+    assert (row.last_id, row.dropped) == (15, 10)
+
+
+def test_acknowledged_messages_do_not_count_against_the_cap(
+    transactional_db: None, settings: Any
+) -> None:
+    settings.LONGPOLL_MAX_QUEUE = 5
+    key = new_session_key()
+    pk = [store.append(key, "t", n) for n in range(5)][-1].session_pk
+    store.acknowledge({pk: 3})
+    store.append_many(key, [("t", 5), ("t", 6)])  # ids 6-7: 4 unacknowledged, under the cap
+    assert list(Message.objects.values_list("seq", flat=True)) == [4, 5, 6, 7]
+    store.append_many(key, [("t", n) for n in range(7, 10)])  # ids 8-10: 4 and 5 go
+    assert list(Message.objects.values_list("seq", flat=True)) == [6, 7, 8, 9, 10]
+    assert LongpollSession.objects.get().dropped == 2
