@@ -108,8 +108,24 @@ class LongpollConsumer(AsyncConsumer):
         return 0
 
     async def _respond(self, body: bytes) -> None:
+        # One coroutine for checks and answer: a held poll keeps every frame of
+        # its chain, and each one costs memory and collector time.
         try:
-            answer = await self._checked_answer(body)
+            if self.scope["method"] != "POST":
+                raise ProtocolError(
+                    405,
+                    "method_not_allowed",
+                    f"Use POST, not {self.scope['method']}.",
+                    {"Allow": "POST"},
+                )
+            session_key = session_cookie(self.scope)
+            digest = request_digest(self.scope)
+            if not is_vetted(digest):
+                await self._check_request(body, session_key)
+                remember_vetted(digest)
+            if session_key is None:
+                raise no_session()
+            answer = await self.answer(session_key, body)
         except ProtocolError as error:
             answer = (error.status, error.body(), error.headers)
         except DatabaseError as exc:
@@ -121,27 +137,14 @@ class LongpollConsumer(AsyncConsumer):
             )
         await self._send_answer(answer)
 
-    async def _checked_answer(self, body: bytes) -> Answer:
-        if self.scope["method"] != "POST":
-            raise ProtocolError(
-                405,
-                "method_not_allowed",
-                f"Use POST, not {self.scope['method']}.",
-                {"Allow": "POST"},
-            )
-        session_key = session_cookie(self.scope)
-        digest = request_digest(self.scope)
-        if not is_vetted(digest):
-            request = build_request(self.scope, body)
-            check_host(request)
-            if csrf_needs_session():
-                await sync_to_async(_check_csrf_with_session)(request, session_key)
-            else:
-                check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
-            remember_vetted(digest)
-        if session_key is None:
-            raise no_session()
-        return await self.answer(session_key, body)
+    async def _check_request(self, body: bytes, session_key: str | None) -> None:
+        """Django's host and CSRF checks; raises ``ProtocolError``."""
+        request = build_request(self.scope, body)
+        check_host(request)
+        if csrf_needs_session():
+            await sync_to_async(_check_csrf_with_session)(request, session_key)
+        else:
+            check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
 
     async def answer(self, session_key: str, body: bytes) -> Answer:
         raise NotImplementedError  # pragma: no cover - each endpoint defines it
@@ -207,43 +210,41 @@ class PollConsumer(LongpollConsumer):
             )
         follow.held += 1
         try:
-            return await self._hold(hub, follow, cursor)
+            loop = hub.loop
+            deadline = loop.time() + conf.LONGPOLL_TIMEOUT
+            acknowledged = cursor  # what the page says it received
+            while True:
+                # Before reading the store, so that no wake-up falls in between; again
+                # after an outage, when the layer forgot the groups.
+                await hub.subscribe(follow)
+                trusted = hub.is_trusted(follow)
+                if cursor is None and trusted and follow.last_id <= follow.drained:
+                    # A fresh page, and the process knows nothing is pending: wait as
+                    # a page with the newest id would. A browser that has never had a
+                    # message re-polls like this every hold: this keeps it off the store.
+                    cursor = follow.last_id
+                batch = None
+                if cursor is None or not trusted or cursor != follow.last_id:
+                    batch = await self._read(hub, follow, cursor)
+                if acknowledged is not None:
+                    # Also on the trusted path: the usual re-poll after a batch reads
+                    # nothing, yet it is what acknowledges that batch (deleted later,
+                    # in bulk; the hub ignores cursors beyond the newest id).
+                    hub.ack(follow, acknowledged)
+                if batch is not None:
+                    if batch.messages or batch.gap:
+                        return 200, _batch_body(batch), {}
+                    if cursor is None:
+                        follow.drained = max(follow.drained, batch.last_id)
+                    cursor = batch.cursor
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await hub.wait(follow, remaining):
+                    return conf.LONGPOLL_EMPTY_STATUS, None, {}
+                if follow.ended:
+                    raise no_session()
         finally:
             follow.held -= 1
             follow.used_at = hub.loop.time()
-
-    async def _hold(self, hub: Hub, follow: Follow, cursor: int | None) -> Answer:
-        loop = hub.loop
-        deadline = loop.time() + conf.LONGPOLL_TIMEOUT
-        acknowledged = cursor  # what the page says it received
-        while True:
-            # Before reading the store, so that no wake-up falls in between; again
-            # after an outage, when the layer forgot the groups.
-            await hub.subscribe(follow)
-            if cursor is None and hub.is_trusted(follow) and follow.last_id <= follow.drained:
-                # A fresh page, and the process knows nothing is pending: wait as a
-                # page with the newest id would. A browser that has never had a
-                # message re-polls like this every hold, so this keeps it off the store.
-                cursor = follow.last_id
-            batch = None
-            if cursor is None or not hub.is_trusted(follow) or cursor != follow.last_id:
-                batch = await self._read(hub, follow, cursor)
-            if acknowledged is not None:
-                # Also on the trusted path: the usual re-poll after a batch reads
-                # nothing, yet it is what acknowledges that batch (deleted later,
-                # in bulk; the hub ignores cursors beyond the newest id).
-                hub.ack(follow, acknowledged)
-            if batch is not None:
-                if batch.messages or batch.gap:
-                    return 200, _batch_body(batch), {}
-                if cursor is None:
-                    follow.drained = max(follow.drained, batch.last_id)
-                cursor = batch.cursor
-            remaining = deadline - loop.time()
-            if remaining <= 0 or not await hub.wait(follow, remaining):
-                return conf.LONGPOLL_EMPTY_STATUS, None, {}
-            if follow.ended:
-                raise no_session()
 
     async def _read(self, hub: Hub, follow: Follow, cursor: int | None) -> store.Batch:
         """Read the store (checking the session too, when that is due)."""

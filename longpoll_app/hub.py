@@ -221,16 +221,15 @@ class Hub:
             return
         follow.subscribed_at = started
 
-    async def wait(self, follow: Follow, timeout: float) -> bool:
-        """Hold until the session is woken or ``timeout`` seconds pass; True if woken."""
+    def wait(self, follow: Follow, timeout: float) -> asyncio.Future[bool]:
+        """A future that is True once the session is woken, or False after
+        ``timeout`` seconds. A future rather than a coroutine: thousands are
+        held at once, and a coroutine's frame would be one more object each."""
         waiter: asyncio.Future[bool] = self.loop.create_future()
         timer = self.loop.call_later(timeout, _resolve, waiter, False)
         follow.waiters.add(waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            follow.waiters.discard(waiter)
+        waiter.add_done_callback(functools.partial(_forget_waiter, follow, timer))
+        return waiter
 
     def wake(self, session_pk: int, last_id: int) -> None:
         """A message with id ``last_id`` was queued for the session."""
@@ -484,6 +483,13 @@ class Hub:
         for follow in self.follows.values():
             if follow.held == 0 and follow.used_at < cutoff:
                 yield follow
+
+
+def _forget_waiter(
+    follow: Follow, timer: asyncio.TimerHandle, waiter: asyncio.Future[bool]
+) -> None:
+    timer.cancel()
+    follow.waiters.discard(waiter)
 
 
 def _resolve(waiter: asyncio.Future[bool], woken: bool = True) -> None:
