@@ -135,6 +135,9 @@ class LongpollConsumer(AsyncConsumer):
                 {"error": "unavailable", "detail": "The database is unavailable; retry shortly."},
                 {"Retry-After": str(UNAVAILABLE_RETRY)},
             )
+        except Exception:  # a bug: say so, rather than leave the browser waiting
+            log.exception("longpoll: could not answer %s", self.scope["path"])
+            answer = (500, {"error": "internal", "detail": "The server failed; see its log."}, {})
         await self._send_answer(answer)
 
     async def _check_request(self, body: bytes, session_key: str | None) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import import_module
 from typing import Any, cast
 
@@ -407,26 +407,28 @@ def read(
     the session (ids restarted): it gets everything pending, flagged as a gap.
     ``ids`` is the record's ``(last_id, acked_id)`` when the caller just read it.
     """
+    # Plain SQL: a woken poll runs this for every message it delivers, and
+    # building these two queries with the ORM costs several times running them.
     if ids is None:
-        ids = (
-            LongpollSession.objects.filter(pk=session_pk).values_list("last_id", "acked_id").first()
-        )
+        with connection.cursor() as db:
+            db.execute(_read_sql(connection.vendor).ids, [session_pk])
+            ids = db.fetchone()
         if ids is None:
             return None
     last_id, acked_id = ids
     restarted = cursor is not None and cursor > last_id
     after = acked_id if cursor is None or restarted else cursor
     rows = []
-    if not nothing_after(cursor, ids):
-        rows = list(
-            Message.objects.filter(
-                session_id=session_pk, seq__gt=after, created_at__gte=_oldest_kept()
-            )
-            .order_by("seq")
-            .values_list("seq", "type", "data", "created_at")[:limit]
-        )
-    messages = [{"id": seq, "type": type_, "data": data} for seq, type_, data, _ in rows]
-    stats.record_latencies((row[3] for row in rows), timezone.now())
+    if not nothing_after(cursor, ids):  # else no query: read() may then run in async code
+        kept = connection.ops.adapt_datetimefield_value(_oldest_kept())
+        with connection.cursor() as db:
+            db.execute(_read_sql(connection.vendor).messages, [session_pk, after, kept, limit])
+            rows = db.fetchall()
+    messages = [
+        {"id": seq, "type": type_, "data": None if data is None else json.loads(data)}
+        for seq, type_, data, _ in rows
+    ]
+    stats.record_latencies((_aware(row[3]) for row in rows), timezone.now())
     if rows:
         new_cursor = rows[-1][0]
         missed = rows[0][0] > after + 1
@@ -435,6 +437,34 @@ def read(
         missed = last_id > after
     gap = restarted or (cursor is not None and missed)
     return Batch(messages=messages, cursor=new_cursor, gap=gap, last_id=last_id)
+
+
+@dataclass(frozen=True)
+class _ReadSql:
+    ids: str
+    messages: str
+
+
+@functools.cache
+def _read_sql(vendor: str) -> _ReadSql:
+    quote = connection.ops.quote_name
+
+    s = {name: quote(_column(LongpollSession, name)) for name in _SESSION_COLUMNS}
+    m = {name: quote(_column(Message, name)) for name in _MESSAGE_COLUMNS}
+    sessions, messages = quote(LongpollSession._meta.db_table), quote(Message._meta.db_table)
+    return _ReadSql(
+        ids=f"SELECT {s['last_id']}, {s['acked_id']} FROM {sessions} WHERE {s['id']} = %s",
+        messages=f"SELECT {m['seq']}, {m['type']}, {m['data']}, {m['created_at']} FROM {messages}"
+        f" WHERE {m['session']} = %s AND {m['seq']} > %s AND {m['created_at']} >= %s"
+        f" ORDER BY {m['seq']} LIMIT %s",
+    )
+
+
+def _aware(value: datetime | str) -> datetime:
+    """A datetime as the ORM would give it (SQLite hands plain SQL naive UTC)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def nothing_after(cursor: int | None, ids: tuple[int, int]) -> bool:
@@ -458,19 +488,52 @@ def acknowledge(cursors: dict[int, int]) -> None:
     acknowledgement already deleted, are not counted. Rows that expired before
     they were read stay for retention, which counts them as expired.
     """
-    kept_since = _oldest_kept()
-    with transaction.atomic():
-        for session_pk, cursor in sorted(cursors.items()):  # one lock order for every process
-            delivered, _ = Message.objects.filter(
-                session_id=session_pk,
-                seq__lte=cursor,
-                seq__gt=F("session__acked_id"),
-                session__last_id__gte=cursor,
-                created_at__gte=kept_since,
-            ).delete()
-            LongpollSession.objects.filter(
-                pk=session_pk, acked_id__lt=cursor, last_id__gte=cursor
-            ).update(delivered=F("delivered") + delivered, acked_id=cursor)
+    kept = connection.ops.adapt_datetimefield_value(_oldest_kept())
+    sql = _ack_sql(connection.vendor)
+    pks = sorted(cursors)  # one lock order for every process
+    # Plain SQL, as in read(): the ORM's query building was most of the cost.
+    with transaction.atomic(), connection.cursor() as db:
+        for start in range(0, len(pks), CHUNK):
+            chunk = pks[start : start + CHUNK]
+            db.execute(sql.lock.replace("(?)", f"({', '.join(['%s'] * len(chunk))})"), chunk)
+            for session_pk, acked_id, last_id in db.fetchall():
+                cursor = cursors[session_pk]
+                if not acked_id < cursor <= last_id:
+                    continue  # already acknowledged, or a cursor from an earlier record
+                db.execute(sql.delete, [session_pk, acked_id, cursor, kept])
+                db.execute(sql.update, [cursor, max(db.rowcount, 0), session_pk])
+
+
+@dataclass(frozen=True)
+class _AckSql:
+    lock: str
+    delete: str
+    update: str
+
+
+@functools.cache
+def _ack_sql(vendor: str) -> _AckSql:
+    quote = connection.ops.quote_name
+    s = {name: quote(_column(LongpollSession, name)) for name in _SESSION_COLUMNS}
+    m = {name: quote(_column(Message, name)) for name in _MESSAGE_COLUMNS}
+    sessions, messages = quote(LongpollSession._meta.db_table), quote(Message._meta.db_table)
+    for_update = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return _AckSql(
+        lock=f"SELECT {s['id']}, {s['acked_id']}, {s['last_id']} FROM {sessions}"
+        f" WHERE {s['id']} IN (?) ORDER BY {s['id']}{for_update}",
+        delete=f"DELETE FROM {messages} WHERE {m['session']} = %s AND {m['seq']} > %s"
+        f" AND {m['seq']} <= %s AND {m['created_at']} >= %s",
+        update=f"UPDATE {sessions} SET {s['acked_id']} = %s,"
+        f" {s['delivered']} = {s['delivered']} + %s WHERE {s['id']} = %s",
+    )
+
+
+def _column(model: Any, name: str) -> str:
+    return str(model._meta.get_field(name).column)
+
+
+_SESSION_COLUMNS = ("id", "last_id", "acked_id", "delivered")
+_MESSAGE_COLUMNS = ("session", "seq", "type", "data", "created_at")
 
 
 def messages_since(message_pk: int) -> list[tuple[int, int, int]]:
