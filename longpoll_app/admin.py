@@ -7,9 +7,10 @@ here; the admin acts on them through actions that keep the hubs in step.
 
 How fresh each column is (see also the README):
 
-* user, IP address, user agent, last poll: written when a server process
-  re-checks the session (its first poll there, then every
-  ``LONGPOLL_SESSION_RECHECK`` seconds while it polls), and at login;
+* user, IP address, user agent: written when a server process re-checks the
+  session (its first poll there, then every ``LONGPOLL_SESSION_RECHECK``
+  seconds while it polls) and they changed, and at login; last poll: at such a
+  re-check when older than ``store.LAST_POLL_PRECISION``;
 * poll held: from each process's last report (every
   ``LONGPOLL_STATUS_INTERVAL`` seconds);
 * pending, delivered: read from the database when the page is shown
