@@ -270,7 +270,7 @@ def project_env(hold: float) -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DJANGO_DEBUG": "0",
         "LONGPOLL_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     if hold != 10.0:
         # LONGPOLL_TIMEOUT is a Django setting (default 10 s); only short smoke

@@ -46,6 +46,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a positive number of seconds, or 0 for no automatic clean-up",
     ),
     "LONGPOLL_CLEANUP_BATCH": (_positive_int, "a positive integer"),
+    "LONGPOLL_GC_INTERVAL": (
+        _non_negative_number,
+        "a positive number of seconds, or 0 to leave Python's collector alone",
+    ),
 }
 
 

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "LONGPOLL_STATUS_INTERVAL": 5.0,  # seconds between a process's reports of its held polls
     "LONGPOLL_CLEANUP_INTERVAL": 300.0,  # seconds between automatic clean-ups; 0: none
     "LONGPOLL_CLEANUP_BATCH": 500,  # rows one clean-up step removes at most
+    "LONGPOLL_GC_INTERVAL": 0.1,  # seconds between paced young collections; 0: Python's own
 }
 
 
@@ -115,6 +116,10 @@ class Settings:
     @property
     def LONGPOLL_CLEANUP_BATCH(self) -> int:
         return int(self._get("LONGPOLL_CLEANUP_BATCH"))
+
+    @property
+    def LONGPOLL_GC_INTERVAL(self) -> float:
+        return float(self._get("LONGPOLL_GC_INTERVAL"))
 
 
 conf = Settings()

@@ -38,7 +38,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.db import close_old_connections
 
-from . import store
+from . import collector, store
 from .conf import conf
 
 log = logging.getLogger("longpoll_app")
@@ -121,6 +121,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         hub = cls._hubs.get(loop)
         if hub is None:
+            collector.pace(conf.LONGPOLL_GC_INTERVAL)  # this process holds polls from now on
             hub = cls(loop, shared_layer())
             with cls._hubs_lock:
                 cls._hubs = {lp: h for lp, h in cls._hubs.items() if not lp.is_closed()}

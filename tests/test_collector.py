@@ -1,0 +1,100 @@
+"""Paced garbage collection: garbage still goes, pauses stay short, 0 opts out."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from typing import Any
+
+import pytest
+
+from longpoll_app import collector
+from longpoll_app.hub import Hub
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter: pacing changes the whole process."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_the_first_hub_paces_the_process() -> None:
+    Hub.current()
+    assert collector.is_paced()
+    assert not gc.isenabled()
+    assert any(thread.name == "longpoll-gc" for thread in threading.enumerate())
+
+
+async def test_cyclic_garbage_is_collected_by_the_pacing_thread() -> None:
+    Hub.current()
+    first, second = Node(), Node()
+    first.other, second.other = second, first  # a cycle: reference counting cannot free it
+    gone = weakref.ref(first)
+    del first, second
+    deadline = time.monotonic() + 5.0
+    while gone() is not None and time.monotonic() < deadline:
+        time.sleep(0.02)  # automatic collection is off: only the thread can free it
+    assert gone() is None
+
+
+async def test_the_hub_passes_the_setting_on(settings: Any, monkeypatch: Any) -> None:
+    calls: list[float] = []
+    monkeypatch.setattr(collector, "pace", calls.append)
+    settings.LONGPOLL_GC_INTERVAL = 0
+    Hub.current()
+    assert calls == [0.0]
+
+
+def test_interval_zero_leaves_pythons_collector_alone() -> None:
+    result = run_python(
+        """
+        import gc
+        from longpoll_app import collector
+        collector.pace(0)
+        print(gc.isenabled(), collector.is_paced(), gc.get_freeze_count() == 0)
+        """
+    )
+    assert result.stdout.split() == ["True", "False", "True"], result.stderr
+
+
+def test_pacing_freezes_what_exists_and_disables_automatic_collection() -> None:
+    result = run_python(
+        """
+        import gc, threading
+        from longpoll_app import collector
+        collector.pace(0.05)
+        collector.pace(0.05)  # once per process
+        threads = [t for t in threading.enumerate() if t.name == "longpoll-gc"]
+        print(gc.isenabled(), collector.is_paced(), gc.get_freeze_count() > 0, len(threads))
+        """
+    )
+    assert result.stdout.split() == ["False", "True", "True", "1"], result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_pythons_collector_back() -> None:
+    result = run_python(
+        """
+        import gc, os
+        from longpoll_app import collector
+        collector.pace(0.05)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if gc.isenabled() and not collector.is_paced() else 1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), gc.isenabled())
+        """
+    )
+    assert result.stdout.split() == ["0", "False"], result.stderr
