@@ -18,7 +18,7 @@ from django.core.signals import setting_changed
 DEFAULTS: dict[str, Any] = {
     "LONGPOLL_TIMEOUT": 10.0,  # seconds a poll is held before it answers empty
     "LONGPOLL_EMPTY_STATUS": 204,  # status of that empty answer: 204, or 304 for old clients
-    "LONGPOLL_BATCH_SIZE": 100,  # messages in one poll response at most
+    "LONGPOLL_BATCH_SIZE": 1000,  # messages in one poll response at most
     "LONGPOLL_RETENTION": 3600.0,  # seconds an unacknowledged message is kept
     "LONGPOLL_MAX_QUEUE": 1000,  # messages kept per session; the oldest are dropped
     "LONGPOLL_MAX_MESSAGE_BYTES": 64 * 1024,  # bytes in a request body at most

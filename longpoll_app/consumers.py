@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, transaction
 
 from . import handlers, store
 from .conf import conf
@@ -202,7 +202,8 @@ class PollConsumer(LongpollConsumer):
     async def answer(self, session_key: str, body: bytes) -> Answer:
         cursor = parse_cursor(parse_object(body))
         hub = Hub.current()
-        await hub.ready()
+        if not hub.is_ready():  # checked first: an await costs a coroutine per poll
+            await hub.ready()
         follow = hub.follow(session_key)
         if follow.held >= conf.LONGPOLL_MAX_POLLS_PER_SESSION:
             raise too_many(
@@ -219,7 +220,8 @@ class PollConsumer(LongpollConsumer):
             while True:
                 # Before reading the store, so that no wake-up falls in between; again
                 # after an outage, when the layer forgot the groups.
-                await hub.subscribe(follow)
+                if hub.must_subscribe(follow):
+                    await hub.subscribe(follow)
                 trusted = hub.is_trusted(follow)
                 if cursor is None and trusted and follow.last_id <= follow.drained:
                     # A fresh page, and the process knows nothing is pending: wait as
@@ -322,32 +324,52 @@ class SendConsumer(LongpollConsumer):
                 400, "unknown_type", f"No handler is registered for message type {message_type!r}."
             )
         request = build_request(self.scope, body)  # for get_user() in the handler's thread
-        accepted = await sync_to_async(_accept)(request, session_key, client_id)
+        sync_handler = handlers.sync_handler(message_type)
+        try:
+            accepted = await sync_to_async(_accept)(
+                request, session_key, client_id, sync_handler, data
+            )
+        except HandlerFailed:
+            log.exception("longpoll: handler for %r failed", message_type)
+            return _handler_failed(message_type)  # nothing was recorded: a retry runs it again
         if accepted is None:
             raise no_session()
         session_pk, user, first_time = accepted
         if not first_time:
             return 200, {"ok": True, "duplicate": True}, {}
         try:
-            await handlers.dispatch(message_type, session_key, user, data)
+            await handlers.dispatch(
+                message_type, session_key, user, data, handled=sync_handler is not None
+            )
         except Exception:
             log.exception("longpoll: handler for %r failed", message_type)
             # Forget the id, so that the page's retry runs the handler again.
             await sync_to_async(store.forget_client_message)(session_pk, client_id)
-            return (
-                500,
-                {"error": "handler_failed", "detail": f"The handler for {message_type!r} failed."},
-                {},
-            )
+            return _handler_failed(message_type)
         return 200, {"ok": True}, {}
 
 
-def _accept(request: ASGIRequest, session_key: str, client_id: str) -> tuple[int, Any, bool] | None:
-    """Check the session, load its user, and record the message id once."""
+class HandlerFailed(Exception):
+    """A plain-function handler raised; its transaction was rolled back."""
+
+
+def _handler_failed(message_type: str) -> Answer:
+    detail = f"The handler for {message_type!r} failed."
+    return 500, {"error": "handler_failed", "detail": detail}, {}
+
+
+def _accept(
+    request: ASGIRequest,
+    session_key: str,
+    client_id: str,
+    sync_handler: handlers.Handler | None,
+    data: Any,
+) -> tuple[int, Any, bool] | None:
+    """Check the session, load its user, record the message id once, and run a
+    plain-function handler in the same transaction."""
     # This runs in Django's shared thread, where no request_started signal
     # checks the connection: a connection the database dropped (a restart, a
     # network cut) would fail every send from now on, or outlive CONN_MAX_AGE.
-    # The handler runs next in the same thread and finds it checked.
     close_old_connections()
     session = store.load_live_session(session_key)
     if session is None:
@@ -355,4 +377,14 @@ def _accept(request: ASGIRequest, session_key: str, client_id: str) -> tuple[int
     request.session = session
     user = get_user(request)
     row = store.ensure_session_row(session_key)
-    return row.pk, user, store.record_client_message(row.pk, client_id)
+    # One transaction for the id and the handler's work: if the handler fails, or
+    # the database goes away before the commit, neither stays, and the page's
+    # retry runs the handler again instead of being taken for a duplicate.
+    with transaction.atomic():
+        first_time = store.record_client_message(row.pk, client_id)
+        if first_time and sync_handler is not None:
+            try:
+                sync_handler(session_key, user, data)
+            except Exception as exc:
+                raise HandlerFailed from exc
+    return row.pk, user, first_time

@@ -24,7 +24,8 @@ def handler(message_type: str) -> Callable[[Handler], Handler]:
     """Register the decorated function for messages of ``message_type``.
 
     The function receives ``(session_key, user, data)``; it may be sync (run in
-    Django's worker thread, so it can use the ORM) or async. It may answer with
+    Django's worker thread, so it can use the ORM, inside one transaction with
+    the record of the message's id) or async. It may answer with
     ``send_to_session(session_key, ...)``.
     """
 
@@ -50,10 +51,19 @@ def is_handled(message_type: str) -> bool:
     return message_type in _handlers or message_received.has_listeners()
 
 
-async def dispatch(message_type: str, session_key: str, user: Any, data: Any) -> None:
-    """Run the handler for the message, then send ``message_received``."""
+def sync_handler(message_type: str) -> Handler | None:
+    """The handler for ``message_type`` if it is a plain function, else None."""
     fn = _handlers.get(message_type)
-    if fn is not None:
+    return None if fn is None or inspect.iscoroutinefunction(fn) else fn
+
+
+async def dispatch(
+    message_type: str, session_key: str, user: Any, data: Any, *, handled: bool = False
+) -> None:
+    """Run the handler for the message (unless ``handled`` already), then send
+    ``message_received``."""
+    fn = _handlers.get(message_type)
+    if fn is not None and not handled:
         if inspect.iscoroutinefunction(fn):
             await fn(session_key, user, data)
         else:

@@ -165,6 +165,9 @@ class Hub:
         """Wait until wake-ups can arrive (the hub has its channel or watermark)."""
         await self._ready.wait()
 
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
     # -- follows --------------------------------------------------------------
 
     def follow(self, session_key: str) -> Follow:
@@ -202,13 +205,18 @@ class Hub:
             since <= follow.checked_at and now - follow.checked_at < conf.LONGPOLL_SESSION_RECHECK
         )
 
+    def must_subscribe(self, follow: Follow) -> bool:
+        """True if ``subscribe`` has something to do (an idle re-poll skips it)."""
+        if self.layer is None or self.channel_name is None:
+            return False
+        joined = math.isfinite(follow.subscribed_at)
+        return not joined or self.loop.time() - follow.subscribed_at >= RESUBSCRIBE_AFTER
+
     async def subscribe(self, follow: Follow) -> None:
         """Make sure wake-ups for this session reach this hub."""
-        if self.layer is None or self.channel_name is None:
+        if not self.must_subscribe(follow):
             return
-        joined = math.isfinite(follow.subscribed_at)
-        if joined and self.loop.time() - follow.subscribed_at < RESUBSCRIBE_AFTER:
-            return
+        assert self.layer is not None and self.channel_name is not None  # must_subscribe said so
         started = self.loop.time()
         try:
             # Bounded: a thousand browsers arriving at once must not open a thousand

@@ -434,6 +434,36 @@ async def test_failed_handler_can_be_retried(browser: Browser, registered: Any) 
     assert len(attempts) == 2
 
 
+async def test_failed_sync_handler_leaves_neither_its_writes_nor_the_id(
+    browser: Browser, registered: Any, monkeypatch: Any
+) -> None:
+    from django.db import OperationalError
+
+    from longpoll_app import store
+
+    def forget_fails(*args: Any) -> None:  # the database is still away when it failed
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(store, "forget_client_message", forget_fails)
+    attempts = []
+
+    @longpoll_app.handler("lost.connection")
+    def on_message(session_key: str, user: Any, data: Any) -> None:
+        attempts.append(data)
+        send_to_session(session_key, "echo", len(attempts))  # a write the failure must undo
+        if len(attempts) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+
+    failed = await browser.send("d1", "lost.connection", "x")
+    assert (failed.status, failed.json()["error"]) == (500, "handler_failed")
+    assert await ClientMessage.objects.acount() == 0
+    assert await Message.objects.acount() == 0
+    assert (await browser.send("d1", "lost.connection", "x")).json() == {"ok": True}
+    assert attempts == ["x", "x"]
+    reply = await browser.poll()
+    assert [m["data"] for m in reply.json()["messages"]] == [2]
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
