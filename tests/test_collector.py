@@ -1,4 +1,4 @@
-"""Paced garbage collection: garbage still goes, pauses stay short, 0 opts out."""
+"""Paced garbage collection: cyclic garbage still goes, 0 opts out, forks get theirs back."""
 
 from __future__ import annotations
 
