@@ -126,18 +126,14 @@ async def objects_per_held_poll(app: App, sessions: list[tuple[str, str]]) -> di
 
 
 def setup_django(workdir: str) -> list[tuple[str, str]]:
+    """Django on a temporary SQLite file, as bench/send_cost.py sets it up; the sessions."""
     sys.path.insert(0, ROOT)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
     os.environ["DJANGO_DEBUG"] = "0"
-    os.environ["SQLITE_PATH"] = os.path.join(workdir, "poll_cost.sqlite3")
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.pop("REDIS_URL", None)
-    import django
-    from django.conf import settings
-    from django.core.management import call_command
+    from bench.send_cost import setup_django as setup_embedded_django
 
-    django.setup()
-    call_command("migrate", verbosity=0)
+    setup_embedded_django("embedded", workdir)
+    from django.conf import settings
+
     settings.LONGPOLL_GC_INTERVAL = 0  # the collector's cost is not the poll's (run.py has it)
     from django.contrib.sessions.backends.db import SessionStore
     from django.middleware.csrf import _get_new_csrf_string
