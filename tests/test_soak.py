@@ -39,8 +39,6 @@ from .servers import (
     server_env,
 )
 
-pytestmark = pytest.mark.servers
-
 SECONDS = float(os.environ.get("LONGPOLL_SOAK_SECONDS", "120"))
 BROWSERS = int(os.environ.get("LONGPOLL_SOAK_BROWSERS", "120"))
 SHARED_REDIS = "redis://127.0.0.1:6379/10"  # used only if redis-server is not installed
@@ -53,6 +51,9 @@ P_RELOAD = 0.03  # chance that a poll is a reloaded page's (cursor null)
 SAMPLE_EVERY = 5.0  # seconds between measurements of the servers
 RSS_TOLERANCE_KB = 6 * 1024  # see flat()
 FD_TOLERANCE = 8  # see flat()
+
+# Set-up (servers, migrations, 120 pages) and the drain take well under 5 minutes.
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(SECONDS + 300)]
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +109,20 @@ class SimBrowser:
         self, server: Server, path: str, body: Any, leave_after: float | None = None
     ) -> Reply | None:
         """One request on its own connection; None if the page left first."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", server.port), REQUEST_TIMEOUT
-        )
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the
+        # result instead of raising when it is cancelled just as its awaitable
+        # finishes, and a poller cancelled that way polled on for ever (a CI
+        # run hung here until its time ran out).
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         self.open_to[server.port] += 1
         reset = False
         try:
             writer.write(raw_request(self.http, server, path, body))
             wait = REQUEST_TIMEOUT if leave_after is None else leave_after
             try:
-                return await asyncio.wait_for(read_reply(reader), wait)
+                async with asyncio.timeout(wait):
+                    return await read_reply(reader)
             except TimeoutError:
                 if leave_after is None:
                     raise
@@ -130,8 +135,8 @@ class SimBrowser:
             writer.close()
             self.open_to[server.port] -= 1
 
-    async def poll_forever(self) -> None:
-        while True:
+    async def poll_until(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             server = self.rng.choice(self.servers)
             if self.rng.random() < P_RELOAD:
                 self.cursor = None  # a reload: everything not acknowledged comes again
@@ -245,7 +250,8 @@ async def test_soak(servers: tuple[Server, Server]) -> None:
 
     started = time.monotonic()
     stop_sending = started + SECONDS
-    pollers = [asyncio.ensure_future(b.poll_forever()) for b in browsers]
+    stop_polling = asyncio.Event()
+    pollers = [asyncio.ensure_future(b.poll_until(stop_polling)) for b in browsers]
     sampler = asyncio.ensure_future(sample_forever(processes, ports, open_to, samples, started))
     try:
         await asyncio.gather(*(b.send_until(stop_sending) for b in browsers))
@@ -256,10 +262,13 @@ async def test_soak(servers: tuple[Server, Server]) -> None:
             await asyncio.sleep(0.2)
         drained = time.monotonic() - last_send
     finally:
+        stop_polling.set()
         sampler.cancel()
         for poller in pollers:
             poller.cancel()
-        await asyncio.gather(sampler, *pollers, return_exceptions=True)
+        # Bounded, so that a task that will not end fails the test instead of hanging it.
+        _, pending = await asyncio.wait([sampler, *pollers], timeout=REQUEST_TIMEOUT)
+    assert not pending, f"{len(pending)} tasks did not end when cancelled"
 
     # Every connection is closed: what the servers hold now is their own.
     await asyncio.sleep(1)
