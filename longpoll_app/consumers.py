@@ -40,16 +40,17 @@ from .security import (
     check_csrf,
     check_host,
     csrf_needs_session,
-    is_vetted,
     remember_vetted,
     request_digest,
     session_cookie,
+    vetted_session,
 )
 
 log = logging.getLogger("longpoll_app")
 
 UNAVAILABLE_RETRY = 5  # seconds a client waits before retrying after a 503
 BUSY_RETRY = 1  # seconds a client waits before polling again after a 429
+NO_BODY_STATUSES = (204, 304)  # RFC 9110: no Content-Length on a 204; a 304's would describe a 200
 
 Answer = tuple[int, Any, dict[str, str]]  # status, JSON body (None: no body), headers
 
@@ -72,7 +73,7 @@ class LongpollConsumer(AsyncConsumer):
         body = await self._read_body(receive)
         if body is None:
             return
-        answering = asyncio.ensure_future(self._respond(body))
+        answering = asyncio.get_running_loop().create_task(self._respond(body))
         try:
             # Both servers send http.disconnect once the answer is complete, too.
             while (await receive())["type"] != "http.disconnect":
@@ -118,13 +119,14 @@ class LongpollConsumer(AsyncConsumer):
                     f"Use POST, not {self.scope['method']}.",
                     {"Allow": "POST"},
                 )
-            session_key = session_cookie(self.scope)
             digest = request_digest(self.scope)
-            if not is_vetted(digest):
-                await self._check_request(body, session_key)
-                remember_vetted(digest)
+            session_key = vetted_session(digest)
             if session_key is None:
-                raise no_session()
+                session_key = session_cookie(self.scope)
+                await self._check_request(body, session_key)
+                if session_key is None:
+                    raise no_session()
+                remember_vetted(digest, session_key)
             answer = await self.answer(session_key, body)
         except ProtocolError as error:
             answer = (error.status, error.body(), error.headers)
@@ -157,7 +159,8 @@ class LongpollConsumer(AsyncConsumer):
         body = b"" if payload is None else dumps(payload)
         headers = list(JSON_HEADERS) if payload is not None else [JSON_HEADERS[1]]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        headers.append((b"content-length", str(len(body)).encode()))
+        if status not in NO_BODY_STATUSES:
+            headers.append((b"content-length", str(len(body)).encode()))
         try:
             await self.base_send(
                 {"type": "http.response.start", "status": status, "headers": headers}
@@ -342,6 +345,11 @@ class SendConsumer(LongpollConsumer):
                 message_type, session_key, user, data, handled=sync_handler is not None
             )
         except Exception:
+            if sync_handler is not None:
+                # Its handler's work is committed: a retry must not run it again, so
+                # the id stays and the page is told the message was handled.
+                log.exception("longpoll: a message_received receiver failed for %r", message_type)
+                return 200, {"ok": True}, {}
             log.exception("longpoll: handler for %r failed", message_type)
             # Forget the id, so that the page's retry runs the handler again.
             await sync_to_async(store.forget_client_message)(session_pk, client_id)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import NoReverseMatch, reverse
 
-from .consumers import PollConsumer, SendConsumer
+from .consumers import LongpollConsumer, PollConsumer, SendConsumer
 
 ASGIApp = Any
 
@@ -21,10 +21,12 @@ class LongpollRouter:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._consumers = {"poll": PollConsumer.as_asgi(), "send": SendConsumer.as_asgi()}
-        self._routes: dict[str, ASGIApp] | None = None
+        # The classes, not their as_asgi() wrappers: a held poll would keep the
+        # wrapper's coroutine too, one more object for every young collection.
+        self._consumers = {"poll": PollConsumer, "send": SendConsumer}
+        self._routes: dict[str, type[LongpollConsumer]] | None = None
 
-    def routes(self) -> dict[str, ASGIApp]:
+    def routes(self) -> dict[str, type[LongpollConsumer]]:
         if self._routes is None:
             routes = {}
             for name, consumer in self._consumers.items():
@@ -43,7 +45,7 @@ class LongpollRouter:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             consumer = self.routes().get(path)
             if consumer is not None:
-                return await consumer(scope, receive, send)
+                return await consumer()(scope, receive, send)
         return await self.app(scope, receive, send)
 
 

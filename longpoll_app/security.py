@@ -10,9 +10,10 @@ Those checks cost about 75 us a request, as much as the server's whole work
 for an idle poll, and a page re-polls with the same headers every hold. Their
 verdict depends on nothing but the request's method, scheme, server, path and
 headers (and the settings), so a request that matches one that passed, header
-for header, passes without running them again (``is_vetted``). The body counts
+for header, passes without running them again (``vetted_session``). The body counts
 too, but only for form posts, which are never remembered; nor are requests
-when the CSRF token lives in the session.
+when the CSRF token lives in the session, or without a session. A remembered
+request also gives the session key its cookies carry, without parsing them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import marshal
 from typing import Any
 
 from django.conf import settings
@@ -55,10 +57,12 @@ def _protected_view(request: HttpRequest) -> HttpResponse:  # pragma: no cover
 _csrf = _JsonCsrfMiddleware(_unused_response)
 
 
-VETTED_MAX = 200_000  # remembered verdicts; the oldest go first (16 bytes each, plus the dict's)
+VETTED_MAX = 200_000  # remembered verdicts; the oldest go first (about 100 bytes each)
 FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data")
-# Digests of requests that passed the host and CSRF checks, oldest first.
-_vetted: dict[bytes, None] = {}
+MARSHAL_VERSION = 2  # the newest without back-references, so equal requests give equal bytes
+# Digests of requests that passed the host and CSRF checks, oldest first, with
+# the session key their cookies carry (the digest covers the cookies too).
+_vetted: dict[bytes, str] = {}
 
 
 @receiver(setting_changed, dispatch_uid="longpoll_csrf_settings")
@@ -75,32 +79,37 @@ def request_digest(scope: dict[str, Any]) -> bytes | None:
     remembered (a form body, or the token kept in the session)."""
     if settings.CSRF_USE_SESSIONS:
         return None
-    digest = hashlib.blake2b(digest_size=16)
-    server = str(scope.get("server")).encode()
-    parts = [scope["method"].encode(), scope.get("scheme", "http").encode(), server]
-    for name, value in scope["headers"]:
+    headers = []
+    for header in scope["headers"]:
+        name = header[0]
         if name == b"content-length":
             continue  # the cursor in the body changes it; the verdict does not read it
-        if name == b"content-type" and value.lower().startswith(FORM_TYPES):
+        if name == b"content-type" and header[1].lower().startswith(FORM_TYPES):
             return None  # the token may come from the body
-        parts += (name, value)
-    parts.append(scope["path"].encode())
-    for part in parts:
-        # Each part's length first, so that no two requests hash the same bytes.
-        digest.update(b"%d:%s" % (len(part), part))
-    return digest.digest()
+        headers.append(header)
+    scheme, server = scope.get("scheme", "http"), scope.get("server")
+    what = (scope["method"], scheme, server, scope["path"], headers)
+    try:
+        # marshal: one C call that writes every part with its type and length, so
+        # no two different requests give the same bytes (about 2 us less than
+        # hashing the parts one by one).
+        return hashlib.blake2b(marshal.dumps(what, MARSHAL_VERSION), digest_size=16).digest()
+    except ValueError:  # a server's scope with types marshal does not know: check every time
+        return None
 
 
-def is_vetted(digest: bytes | None) -> bool:
-    return digest is not None and digest in _vetted
+def vetted_session(digest: bytes | None) -> str | None:
+    """The session key of a request that passed with this digest, or None if
+    none did: then the request must be checked."""
+    return None if digest is None else _vetted.get(digest)
 
 
-def remember_vetted(digest: bytes | None) -> None:
+def remember_vetted(digest: bytes | None, session_key: str) -> None:
     if digest is None:
         return
     if len(_vetted) >= VETTED_MAX:
         del _vetted[next(iter(_vetted))]
-    _vetted[digest] = None
+    _vetted[digest] = session_key
 
 
 def build_request(scope: dict[str, Any], body: bytes) -> ASGIRequest:

@@ -146,6 +146,8 @@ LOGGING = {
         "longpoll_app": {
             "handlers": ["console"],
             "level": os.environ.get("LONGPOLL_LOG_LEVEL", "INFO"),
+            # daphne gives the root logger a handler of its own: one line, not two.
+            "propagate": False,
         },
     },
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -137,6 +138,13 @@ def make_browser(transactional_db: None) -> Any:
 def _fresh_settings(settings: Any) -> None:
     settings.LONGPOLL_TIMEOUT = 2.0
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+@pytest.fixture(autouse=True)
+def _app_log_reaches_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The demo's settings give the app's logger its own handler and stop it
+    # there; caplog listens on the root logger.
+    monkeypatch.setattr(logging.getLogger("longpoll_app"), "propagate", True)
 
 
 @pytest.fixture(autouse=True)

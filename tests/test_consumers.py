@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.urls import get_resolver
 
 import longpoll_app
 from longpoll_app import handlers
@@ -51,12 +52,15 @@ async def test_idle_poll_answers_empty_after_the_hold(browser: Browser, settings
     assert response.status == 204
     assert response.body == b""
     assert response.headers["cache-control"] == "no-store"
+    assert "content-length" not in response.headers  # RFC 9110, 8.6: never on a 204
 
 
 async def test_empty_status_can_be_304_for_old_clients(browser: Browser, settings: Any) -> None:
     settings.LONGPOLL_TIMEOUT = 0.2
     settings.LONGPOLL_EMPTY_STATUS = 304
-    assert (await browser.poll(None)).status == 304
+    response = await browser.poll(None)
+    assert response.status == 304
+    assert "content-length" not in response.headers  # it would describe a 200's body
 
 
 async def test_cursor_acknowledges_and_next_poll_gets_only_newer(
@@ -348,6 +352,9 @@ async def test_database_outage_is_503_with_retry_after(browser: Browser, monkeyp
 
 @pytest.fixture
 def registered() -> Any:
+    # The URLconf imports the demo, which registers its handlers: load it first,
+    # or a test run alone would see the demo register over its handlers.
+    get_resolver().url_patterns  # noqa: B018
     saved = dict(handlers._handlers)
     handlers._handlers.clear()  # the demo's own handlers are not part of these tests
     yield handlers._handlers
@@ -462,6 +469,29 @@ async def test_failed_sync_handler_leaves_neither_its_writes_nor_the_id(
     assert attempts == ["x", "x"]
     reply = await browser.poll()
     assert [m["data"] for m in reply.json()["messages"]] == [2]
+
+
+async def test_a_failing_receiver_does_not_run_a_committed_sync_handler_again(
+    browser: Browser, registered: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs = []
+
+    @longpoll_app.handler("committed")
+    def on_message(session_key: str, user: Any, data: Any) -> None:
+        runs.append(data)
+
+    def broken_receiver(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    longpoll_app.message_received.connect(broken_receiver)
+    try:
+        assert (await browser.send("c1", "committed", 1)).json() == {"ok": True}
+        retried = await browser.send("c1", "committed", 1)
+    finally:
+        longpoll_app.message_received.disconnect(broken_receiver)
+    assert retried.json() == {"ok": True, "duplicate": True}
+    assert runs == [1]  # once: its transaction had committed
+    assert "receiver failed" in caplog.text and "receiver bug" in caplog.text
 
 
 @pytest.mark.parametrize(

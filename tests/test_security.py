@@ -140,6 +140,29 @@ async def test_any_other_header_is_checked_again_and_refusals_are_never_remember
     assert len(csrf_runs) == 4
 
 
+async def test_requests_without_a_session_are_checked_every_time(
+    browser: Browser, settings: Any, csrf_runs: list[str]
+) -> None:
+    cookies = {"csrftoken": browser.csrf}
+    for _ in range(2):
+        refused = await browser.request({"cursor": None}, cookies=cookies)
+        assert refused.status == 403 and refused.json()["error"] == "no_session"
+    assert len(csrf_runs) == 2
+
+
+async def test_a_remembered_verdict_keeps_its_own_session(
+    browser: Browser, make_browser: Any, settings: Any, csrf_runs: list[str]
+) -> None:
+    settings.LONGPOLL_TIMEOUT = 0.05
+    other = await sync_to_async(make_browser)()
+    for page in (browser, other, browser, other):
+        assert (await page.poll(None)).status == 204
+    await sync_to_async(send_to_session)(other.session_key, "for.other", None)
+    assert (await browser.poll(None)).status == 204  # not the other session's message
+    assert [m["type"] for m in (await other.poll(None)).json()["messages"]] == ["for.other"]
+    assert len(csrf_runs) == 2  # one check per browser
+
+
 async def test_form_bodies_and_changed_settings_are_checked_again(
     browser: Browser, settings: Any, csrf_runs: list[str]
 ) -> None:
