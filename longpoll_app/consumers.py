@@ -328,6 +328,8 @@ class SendConsumer(LongpollConsumer):
             )
         request = build_request(self.scope, body)  # for get_user() in the handler's thread
         sync_handler = handlers.sync_handler(message_type)
+        if sync_handler is None:
+            return await _handle_then_record(request, session_key, client_id, message_type, data)
         try:
             accepted = await sync_to_async(_accept)(
                 request, session_key, client_id, sync_handler, data
@@ -337,24 +339,58 @@ class SendConsumer(LongpollConsumer):
             return _handler_failed(message_type)  # nothing was recorded: a retry runs it again
         if accepted is None:
             raise no_session()
+        _, user, first_time = accepted
+        if not first_time:
+            return _DUPLICATE
+        try:
+            await handlers.dispatch(message_type, session_key, user, data, handled=True)
+        except Exception:
+            # Its handler's work is committed: a retry must not run it again, so
+            # the id stays and the page is told the message was handled.
+            log.exception("longpoll: a message_received receiver failed for %r", message_type)
+        return _OK
+
+
+_OK: Answer = (200, {"ok": True}, {})
+_DUPLICATE: Answer = (200, {"ok": True, "duplicate": True}, {})
+
+# Messages for async handlers being handled in this process, by (session key,
+# client id): a retry that arrives meanwhile waits for the first to finish.
+_in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+
+async def _handle_then_record(
+    request: ASGIRequest, session_key: str, client_id: str, message_type: str, data: Any
+) -> Answer:
+    """Run an async handler (and the ``message_received`` receivers), then
+    record the message id.
+
+    No transaction can hold an async handler, so the id is recorded only once it
+    has returned: if it fails, or the process or the database goes away before
+    the record, the page's retry runs it again (at least once, never lost).
+    """
+    key = (session_key, client_id)
+    while (running := _in_flight.get(key)) is not None:
+        await asyncio.shield(running)  # then it is recorded (a duplicate), or it failed
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _in_flight[key] = done
+    try:
+        accepted = await sync_to_async(_accept)(request, session_key, client_id, None, data)
+        if accepted is None:
+            raise no_session()
         session_pk, user, first_time = accepted
         if not first_time:
-            return 200, {"ok": True, "duplicate": True}, {}
+            return _DUPLICATE
         try:
-            await handlers.dispatch(
-                message_type, session_key, user, data, handled=sync_handler is not None
-            )
+            await handlers.dispatch(message_type, session_key, user, data)
         except Exception:
-            if sync_handler is not None:
-                # Its handler's work is committed: a retry must not run it again, so
-                # the id stays and the page is told the message was handled.
-                log.exception("longpoll: a message_received receiver failed for %r", message_type)
-                return 200, {"ok": True}, {}
             log.exception("longpoll: handler for %r failed", message_type)
-            # Forget the id, so that the page's retry runs the handler again.
-            await sync_to_async(store.forget_client_message)(session_pk, client_id)
             return _handler_failed(message_type)
-        return 200, {"ok": True}, {}
+        await sync_to_async(store.record_client_message)(session_pk, client_id)
+        return _OK
+    finally:
+        del _in_flight[key]
+        done.set_result(None)
 
 
 class HandlerFailed(Exception):
@@ -373,8 +409,9 @@ def _accept(
     sync_handler: handlers.Handler | None,
     data: Any,
 ) -> tuple[int, Any, bool] | None:
-    """Check the session, load its user, record the message id once, and run a
-    plain-function handler in the same transaction."""
+    """Check the session, load its user, and say whether the message id is new;
+    for a plain-function handler, record the id and run the handler in one
+    transaction."""
     # This runs in Django's shared thread, where no request_started signal
     # checks the connection: a connection the database dropped (a restart, a
     # network cut) would fail every send from now on, or outlive CONN_MAX_AGE.
@@ -388,9 +425,11 @@ def _accept(
     # One transaction for the id and the handler's work: if the handler fails, or
     # the database goes away before the commit, neither stays, and the page's
     # retry runs the handler again instead of being taken for a duplicate.
+    if sync_handler is None:  # an async handler: its id is recorded once it has run
+        return row.pk, user, not store.client_message_seen(row.pk, client_id)
     with transaction.atomic():
         first_time = store.record_client_message(row.pk, client_id)
-        if first_time and sync_handler is not None:
+        if first_time:
             try:
                 sync_handler(session_key, user, data)
             except Exception as exc:

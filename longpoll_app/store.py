@@ -582,9 +582,12 @@ def record_client_message(session_pk: int, client_id: str) -> bool:
     return True
 
 
-def forget_client_message(session_pk: int, client_id: str) -> None:
-    """Undo ``record_client_message`` after a handler failed, so a retry runs it."""
-    ClientMessage.objects.filter(session_id=session_pk, client_id=client_id).delete()
+def client_message_seen(session_pk: int, client_id: str) -> bool:
+    """True if the id was recorded within the window (its message was handled)."""
+    window_start = timezone.now() - timedelta(seconds=conf.LONGPOLL_DEDUP_WINDOW)
+    return ClientMessage.objects.filter(
+        session_id=session_pk, client_id=client_id, received_at__gte=window_start
+    ).exists()
 
 
 def end_session(session_key: str) -> int | None:

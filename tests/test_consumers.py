@@ -425,33 +425,83 @@ async def test_retried_client_id_is_handled_once(browser: Browser, registered: A
     assert await ClientMessage.objects.acount() == 1
 
 
-async def test_failed_handler_can_be_retried(browser: Browser, registered: Any) -> None:
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_failed_handler_can_be_retried(browser: Browser, registered: Any, kind: str) -> None:
     attempts = []
 
-    @longpoll_app.handler("flaky")
     def on_flaky(session_key: str, user: Any, data: Any) -> None:
         attempts.append(data)
         if len(attempts) == 1:
             raise RuntimeError("first attempt fails")
 
+    async def on_flaky_async(session_key: str, user: Any, data: Any) -> None:
+        on_flaky(session_key, user, data)
+
+    longpoll_app.handler("flaky")(on_flaky if kind == "sync" else on_flaky_async)
     failed = await browser.send("f1", "flaky", None)
     assert failed.status == 500
     assert failed.json()["error"] == "handler_failed"
     assert (await browser.send("f1", "flaky", None)).json() == {"ok": True}
+    assert (await browser.send("f1", "flaky", None)).json() == {"ok": True, "duplicate": True}
     assert len(attempts) == 2
 
 
-async def test_failed_sync_handler_leaves_neither_its_writes_nor_the_id(
+async def test_async_handler_is_run_again_when_its_id_could_not_be_recorded(
     browser: Browser, registered: Any, monkeypatch: Any
 ) -> None:
     from django.db import OperationalError
 
     from longpoll_app import store
 
-    def forget_fails(*args: Any) -> None:  # the database is still away when it failed
-        raise OperationalError("server closed the connection unexpectedly")
+    record = store.record_client_message
+    calls = []
 
-    monkeypatch.setattr(store, "forget_client_message", forget_fails)
+    def database_gone_once(*args: Any) -> bool:
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return record(*args)
+
+    monkeypatch.setattr(store, "record_client_message", database_gone_once)
+
+    @longpoll_app.handler("async.work")
+    async def on_work(session_key: str, user: Any, data: Any) -> None:
+        calls.append(data)
+
+    failed = await browser.send("w1", "async.work", 1)
+    assert (failed.status, failed.json()["error"]) == (503, "unavailable")
+    assert (await browser.send("w1", "async.work", 1)).json() == {"ok": True}
+    assert calls == [1, 1]  # run again rather than taken for a duplicate: never lost
+    assert (await browser.send("w1", "async.work", 1)).json() == {"ok": True, "duplicate": True}
+
+
+async def test_a_retry_while_an_async_handler_runs_waits_and_is_a_duplicate(
+    browser: Browser, registered: Any
+) -> None:
+    release = asyncio.Event()
+    calls = []
+
+    @longpoll_app.handler("slow")
+    async def on_slow(session_key: str, user: Any, data: Any) -> None:
+        calls.append(data)
+        await release.wait()
+
+    first = asyncio.ensure_future(browser.send("s1", "slow", 1))
+    while not calls:
+        await asyncio.sleep(0.01)
+    retry = asyncio.ensure_future(browser.send("s1", "slow", 1))
+    await asyncio.sleep(0.2)
+    assert not retry.done()  # it waits for the first instead of running the handler
+    release.set()
+    assert (await first).json() == {"ok": True}
+    assert (await retry).json() == {"ok": True, "duplicate": True}
+    assert calls == [1]
+
+
+async def test_failed_sync_handler_leaves_neither_its_writes_nor_the_id(
+    browser: Browser, registered: Any
+) -> None:
+    from django.db import OperationalError
+
     attempts = []
 
     @longpoll_app.handler("lost.connection")
