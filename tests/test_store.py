@@ -70,9 +70,13 @@ def test_client_message_ids_are_remembered_within_the_window(
     transactional_db: None, settings: Any
 ) -> None:
     row = store.ensure_session_row(new_session_key())
+    assert store.client_message_seen(row.pk, "m1") is False
     assert store.record_client_message(row.pk, "m1") is True
     assert store.record_client_message(row.pk, "m1") is False
+    assert store.client_message_seen(row.pk, "m1") is True
+    assert store.client_message_seen(row.pk, "m2") is False
     settings.LONGPOLL_DEDUP_WINDOW = 0.000001
+    assert store.client_message_seen(row.pk, "m1") is False  # outside the window now
     assert store.record_client_message(row.pk, "m1") is True  # the old record expired
     assert ClientMessage.objects.count() == 1
 
