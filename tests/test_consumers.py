@@ -454,7 +454,7 @@ async def test_async_handler_is_run_again_when_its_id_could_not_be_recorded(
     from longpoll_app import store
 
     record = store.record_client_message
-    calls = []
+    calls: list[Any] = []
 
     def database_gone_once(*args: Any) -> bool:
         if len(calls) == 1:
