@@ -11,6 +11,7 @@ task's ``finally`` blocks give back everything it held.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -55,7 +56,7 @@ NO_BODY_STATUSES = (204, 304)  # RFC 9110: no Content-Length on a 204; a 304's w
 Answer = tuple[int, Any, dict[str, str]]  # status, JSON body (None: no body), headers
 
 
-class LongpollConsumer(AsyncConsumer):
+class LongpollConsumer(AsyncConsumer, abc.ABC):
     """Reads a POST body, checks host, CSRF and session, and answers with JSON.
 
     Subclasses implement ``answer(session_key, body)``. It runs in a task of its
@@ -151,8 +152,9 @@ class LongpollConsumer(AsyncConsumer):
         else:
             check_csrf(request)  # cookie-based CSRF reads no database: no thread needed
 
+    @abc.abstractmethod
     async def answer(self, session_key: str, body: bytes) -> Answer:
-        raise NotImplementedError  # pragma: no cover - each endpoint defines it
+        """The endpoint's answer to a checked request from a live session."""
 
     async def _send_answer(self, answer: Answer) -> None:
         status, payload, extra = answer
@@ -422,11 +424,11 @@ def _accept(
     request.session = session
     user = get_user(request)
     row = store.ensure_session_row(session_key)
+    if sync_handler is None:  # an async handler: its id is recorded once it has run
+        return row.pk, user, not store.client_message_seen(row.pk, client_id)
     # One transaction for the id and the handler's work: if the handler fails, or
     # the database goes away before the commit, neither stays, and the page's
     # retry runs the handler again instead of being taken for a duplicate.
-    if sync_handler is None:  # an async handler: its id is recorded once it has run
-        return row.pk, user, not store.client_message_seen(row.pk, client_id)
     with transaction.atomic():
         first_time = store.record_client_message(row.pk, client_id)
         if first_time:
