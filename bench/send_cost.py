@@ -44,9 +44,9 @@ def setup_django(backend: str, workdir: str) -> None:
 
 
 def new_session_key() -> str:
-    from longpoll_app import store
+    from longpoll_app import sessions
 
-    session = store.session_store()
+    session = sessions.session_store()
     session.save()
     assert session.session_key is not None
     return session.session_key

@@ -1,16 +1,16 @@
 """The Django admin for the long-poll sessions and their queued messages.
 
-A session key is a bearer credential: no page here shows one. Sessions are
-named by ``fingerprint`` (a sha256 prefix) and found by it or by username.
+A session key is a bearer credential: no page here shows one, and no URL
+filters by one (``SessionKeyGuardAdmin``). Sessions are named by
+``fingerprint`` (a sha256 prefix) and found by it or by username.
 The records are the app's own bookkeeping, so they cannot be added or edited
 here; the admin acts on them through actions that keep the hubs in step.
 
-How fresh each column is (see also the README):
+How fresh each column is (see also docs/admin.md):
 
-* user, IP address, user agent: written when a server process re-checks the
-  session (its first poll there, then every ``LONGPOLL_SESSION_RECHECK``
-  seconds while it polls) and they changed, and at login; last poll: at such a
-  re-check when older than ``store.LAST_POLL_PRECISION``;
+* user, IP address, user agent: written when a poll's check of its session
+  finds they changed, and at login; last poll: at such a check when older than
+  ``sessions.LAST_POLL_PRECISION``;
 * poll held: from each process's last report (every
   ``LONGPOLL_STATUS_INTERVAL`` seconds);
 * pending, delivered: read from the database when the page is shown
@@ -20,27 +20,37 @@ How fresh each column is (see also the README):
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
-from django.db.models import Count, Exists, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.db.models import (
+    Count,
+    Exists,
+    IntegerField,
+    JSONField,
+    Model,
+    OuterRef,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.functions import Coalesce
+from django.forms.fields import InvalidJSONInput
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
-from . import api, retention, stats, store
-from .conf import conf
+from . import api, queue, sessions, stats
 from .models import HeldSession, LongpollSession, Message
-from .protocol import validate_type
+from .protocol import MAX_DATA_DEPTH, UNSTORABLE, check_data, validate_type
 
 SESSION_FIELDS: tuple[str, ...] = (
     "fingerprint",
@@ -62,12 +72,98 @@ MESSAGE_FIELDS = ("session_link", "seq", "type", "data_json", "created_at", "sta
 PENDING_SHOWN = 50  # pending messages listed on a session's page
 
 
-def _kept_since() -> datetime:
-    return timezone.now() - timedelta(seconds=conf.LONGPOLL_RETENTION)
+def _json_text(data: Any, **options: Any) -> str:
+    """``data`` as JSON text for a page: a lone surrogate (only in a row stored
+    before the app refused them) is shown as its escape, not a 500."""
+    text = json.dumps(data, ensure_ascii=False, **options)
+    return text if not UNSTORABLE.search(text) else json.dumps(data, **options)
 
 
 def _preview(data: Any, length: int = 80) -> str:
-    return Truncator(json.dumps(data, ensure_ascii=False)).chars(length)
+    return Truncator(_json_text(data)).chars(length)
+
+
+def _is_session_key(field: Any) -> bool:
+    return (
+        getattr(field, "concrete", False)
+        and field.model._meta.concrete_model is LongpollSession
+        and field.name == "session_key"
+    )
+
+
+def names_session_key(model: type[Model], path: str) -> bool:
+    """Whether a lookup path (``user__longpoll_sessions__session_key__lt``...)
+    reaches ``LongpollSession.session_key`` at any step.
+
+    The path is walked field by field through ``_meta.get_field``, as Django's
+    own ``lookup_allowed`` does, rather than matched as a string, so every
+    spelling the ORM accepts is caught: any lookup or transform after the
+    field (``__startswith``, ``__lt``, ``__regex``, one registered later...),
+    any chain of relations before it (``session__user__longpoll_sessions__``)
+    and a relation whose value is the key (a foreign key with
+    ``to_field="session_key"``). A part that names no field ends the walk: it
+    is a lookup or transform name, or the ORM rejects it anyway.
+    """
+    return _reaches(model, path, _is_session_key)
+
+
+def _crashes(model: type[Model], path: str) -> bool:
+    """Whether a URL filter would fail inside the query rather than be refused:
+    ``__range`` (the admin passes its value on as one string) and lookups into
+    JSON data (``data__contains`` is not supported on SQLite)."""
+    return path.rsplit(LOOKUP_SEP, 1)[-1] == "range" or _reaches(
+        model, path, lambda field: isinstance(field, JSONField)
+    )
+
+
+def _reaches(model: type[Model], path: str, wanted: Callable[[Any], bool]) -> bool:
+    opts = model._meta
+    for part in path.split(LOOKUP_SEP):
+        try:
+            field: Any = opts.pk if part == "pk" else opts.get_field(part)
+        except FieldDoesNotExist:
+            return False  # a lookup or transform name (or no field): the walk ends
+        if wanted(field):
+            return True
+        path_infos = getattr(field, "path_infos", None)
+        if not path_infos:
+            return False  # a plain field: the rest are lookups and transforms on it
+        if any(wanted(target) for target in path_infos[-1].target_fields):
+            return True
+        opts = path_infos[-1].to_opts
+    return False
+
+
+if TYPE_CHECKING:  # generic only to django-stubs: subscripting it at run time fails
+    ModelAdmin = admin.ModelAdmin[Any]
+else:
+    ModelAdmin = admin.ModelAdmin
+
+
+class SessionKeyGuardAdmin(ModelAdmin):
+    """Refuses every lookup on a session key, in the URL of any page.
+
+    A session key is a bearer credential. Django's ``lookup_allowed`` lets any
+    staff user who can view a list filter it by any local field, so
+    ``?session_key__startswith=ab`` (or ``__lt``, ``__regex``...) answered
+    "some rows" or "none", and a binary search read a whole key in a few
+    hundred requests. Here a filter (``lookup_allowed``: the list answers 400,
+    and so does an action on it) or a ``_to_field`` (``to_field_allowed``: the
+    popup, autocomplete and change views) that reaches the key by any path is
+    refused first, before Django's own rules, which would let some through
+    (a local field; a ``limit_choices_to`` lookup of a foreign key). So is a
+    filter that would fail inside the query (``_crashes``): 400, not 500.
+    """
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        if names_session_key(self.model, lookup) or _crashes(self.model, lookup):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def to_field_allowed(self, request: HttpRequest, to_field: str) -> bool:
+        if names_session_key(self.model, to_field):
+            return False
+        return super().to_field_allowed(request, to_field)
 
 
 class HeldFilter(admin.SimpleListFilter):
@@ -92,7 +188,7 @@ class PendingFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         pending = Exists(
-            Message.objects.filter(session=OuterRef("pk"), created_at__gte=_kept_since())
+            Message.objects.filter(session=OuterRef("pk"), created_at__gte=queue.oldest_kept())
         )
         if self.value() == "yes":
             return queryset.filter(pending)
@@ -101,11 +197,43 @@ class PendingFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MessageDataField(forms.JSONField):
+    """A ``JSONField`` that refuses what ``send_to_session`` would refuse, and
+    shows a refused value back as it came (Django's field lets json.loads's
+    RecursionError out, and re-renders a lone surrogate it cannot encode)."""
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise ValidationError(
+                f"The data is nested more than {MAX_DATA_DEPTH} levels deep."
+            ) from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        try:
+            check_data(value)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(str(exc)) from None
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, InvalidJSONInput):
+            return value
+        return _json_text(value)
+
+
 class SendMessageForm(forms.Form):
     type = forms.CharField(
         max_length=100, help_text="The message type the page's listeners handle."
     )
-    json_data = forms.JSONField(
+    json_data = MessageDataField(
         label="Data",
         required=False,
         help_text="Any JSON value (an object, a list, a string in quotes...); empty for null.",
@@ -120,7 +248,7 @@ class SendMessageForm(forms.Form):
 
 
 @admin.register(LongpollSession)
-class LongpollSessionAdmin(admin.ModelAdmin):
+class LongpollSessionAdmin(SessionKeyGuardAdmin):
     list_display = [
         "fingerprint",
         "user",
@@ -150,19 +278,16 @@ class LongpollSessionAdmin(admin.ModelAdmin):
             session_pk=OuterRef("pk"), hub__updated_at__gte=stats.fresh_since()
         )
         pending = (
-            Message.objects.filter(session=OuterRef("pk"), created_at__gte=_kept_since())
+            Message.objects.filter(session=OuterRef("pk"), created_at__gte=queue.oldest_kept())
             .order_by()
             .values("session")
             .annotate(n=Count("pk"))
             .values("n")
         )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                _held=Exists(held),
-                _pending=Coalesce(Subquery(pending, output_field=IntegerField()), Value(0)),
-            )
+        rows = cast("QuerySet[LongpollSession]", super().get_queryset(request))
+        return rows.annotate(
+            _held=Exists(held),
+            _pending=Coalesce(Subquery(pending, output_field=IntegerField()), Value(0)),
         )
 
     # Records are the app's bookkeeping: shown, acted on, never edited or added.
@@ -191,7 +316,7 @@ class LongpollSessionAdmin(admin.ModelAdmin):
     @admin.display(description="pending messages")
     def pending_messages(self, obj: LongpollSession) -> str:
         rows = list(
-            Message.objects.filter(session=obj, created_at__gte=_kept_since())
+            Message.objects.filter(session=obj, created_at__gte=queue.oldest_kept())
             .order_by("seq")
             .values_list("pk", "seq", "type", "data", "created_at")[: PENDING_SHOWN + 1]
         )
@@ -243,16 +368,16 @@ class LongpollSessionAdmin(admin.ModelAdmin):
         else:
             form = SendMessageForm()
         shown = 100
-        sessions = list(queryset.select_related("user")[: shown + 1])
-        total = queryset.count() if len(sessions) > shown else len(sessions)
+        chosen = list(queryset.select_related("user")[: shown + 1])
+        total = queryset.count() if len(chosen) > shown else len(chosen)
         context = {
             **self.admin_site.each_context(request),
             "title": "Send a message",
             "opts": self.model._meta,
             "form": form,
-            "sessions": sessions[:shown],
+            "sessions": chosen[:shown],
             "total": total,
-            "more": total - len(sessions[:shown]),
+            "more": total - len(chosen[:shown]),
             # Posted again as they came, so that the action sees the same
             # selection (the list's filters stay in the URL).
             "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
@@ -268,7 +393,7 @@ class LongpollSessionAdmin(admin.ModelAdmin):
     ) -> None:
         sent = gone = 0
         rows = list(queryset)
-        live = retention.live_expiries([row.session_key for row in rows])
+        live = sessions.live_expiries([row.session_key for row in rows])
         for row in rows:
             if row.session_key not in live:  # its Django session ended or expired
                 gone += 1
@@ -291,7 +416,7 @@ class LongpollSessionAdmin(admin.ModelAdmin):
     @admin.action(description="Purge their pending messages", permissions=["change"])
     def purge_pending(self, request: HttpRequest, queryset: QuerySet[LongpollSession]) -> None:
         rows = list(queryset)
-        removed = store.purge_pending([row.pk for row in rows])
+        removed = queue.purge_pending([row.pk for row in rows])
         for row in rows:
             self.log_change(request, row, "Purged its pending messages.")
         self.message_user(
@@ -321,14 +446,14 @@ class ExpiredFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "pending":
-            return queryset.filter(created_at__gte=_kept_since())
+            return queryset.filter(created_at__gte=queue.oldest_kept())
         if self.value() == "expired":
-            return queryset.filter(created_at__lt=_kept_since())
+            return queryset.filter(created_at__lt=queue.oldest_kept())
         return queryset
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(SessionKeyGuardAdmin):
     list_display = ["session_link", "seq", "type", "data_preview", "created_at", "state"]
     list_filter = [ExpiredFilter]
     list_select_related = ["session"]
@@ -346,10 +471,10 @@ class MessageAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request: HttpRequest, obj: Message) -> None:
-        store.discard_messages([obj.pk])
+        queue.discard_messages([obj.pk])
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        store.discard_messages(list(queryset.values_list("pk", flat=True)))
+        queue.discard_messages(list(queryset.values_list("pk", flat=True)))
 
     @admin.display(description="session", ordering="session")
     def session_link(self, obj: Message) -> str:
@@ -364,8 +489,8 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="data")
     def data_json(self, obj: Message) -> str:
-        return format_html("<pre>{}</pre>", json.dumps(obj.data, indent=2, ensure_ascii=False))
+        return format_html("<pre>{}</pre>", _json_text(obj.data, indent=2))
 
     @admin.display(description="state")
     def state(self, obj: Message) -> str:
-        return "expired" if obj.created_at < _kept_since() else "pending"
+        return "expired" if obj.created_at < queue.oldest_kept() else "pending"

@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import DEFAULTS
+from .conf import SETTINGS, Settings
 
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 COOKIE_ONLY_ENGINES = {"django.contrib.sessions.backends.signed_cookies"}
 
-
-def _positive_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-
-
-def _non_negative_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+# Ids no check reports any more, kept so that none is given out again with another
+# meaning: E003 was every setting's rule before each setting had its own (conf.py).
+RETIRED_CHECK_IDS = frozenset({"longpoll_app.E003"})
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "LONGPOLL_TIMEOUT": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_EMPTY_STATUS": (lambda v: v in (204, 304), "204 or 304"),
-    "LONGPOLL_BATCH_SIZE": (_positive_int, "a positive integer"),
-    "LONGPOLL_RETENTION": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_MAX_QUEUE": (_positive_int, "a positive integer"),
-    "LONGPOLL_MAX_MESSAGE_BYTES": (_positive_int, "a positive integer (bytes)"),
-    "LONGPOLL_MAX_POLLS_PER_SESSION": (_positive_int, "a positive integer"),
-    "LONGPOLL_SEND_RATE": (_positive_number, "a positive number of messages per second"),
-    "LONGPOLL_SEND_BURST": (_positive_int, "a positive integer"),
-    "LONGPOLL_DEDUP_WINDOW": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_SESSION_RECHECK": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_WATCH_INTERVAL": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_CHANNEL_LAYER": (lambda v: isinstance(v, str) and bool(v), "a CHANNEL_LAYERS alias"),
-    "LONGPOLL_STATUS_INTERVAL": (_positive_number, "a positive number of seconds"),
-    "LONGPOLL_CLEANUP_INTERVAL": (
-        _non_negative_number,
-        "a positive number of seconds, or 0 for no automatic clean-up",
-    ),
-    "LONGPOLL_CLEANUP_BATCH": (_positive_int, "a positive integer"),
-    "LONGPOLL_GC_INTERVAL": (
-        _non_negative_number,
-        "a positive number of seconds, or 0 to leave Python's collector alone",
-    ),
+# Settings an earlier version read, with what replaced them.
+REMOVED_SETTINGS = {
+    "LONGPOLL_SESSION_RECHECK": "every poll checks its session, as Django checks a view's; "
+    "a window that trusted an earlier check let an ended or rotated key poll on.",
 }
 
 
@@ -80,15 +51,24 @@ def check_sessions(**kwargs: Any) -> list[CheckMessage]:
 @register(Tags.compatibility)
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    for name, (is_valid, expected) in SETTING_RULES.items():
-        value = getattr(settings, name, DEFAULTS[name])
-        if not is_valid(value):
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name, setting.default)
+        if not setting.is_valid(value):
             errors.append(
-                Error(f"{name} must be {expected}, not {value!r}.", id="longpoll_app.E003")
+                Error(
+                    f"{setting.name} must be {setting.accepted}, not {value!r}.",
+                    id=setting.check_id,
+                )
             )
-    alias = getattr(settings, "LONGPOLL_CHANNEL_LAYER", DEFAULTS["LONGPOLL_CHANNEL_LAYER"])
+    for name, why in REMOVED_SETTINGS.items():
+        if hasattr(settings, name):
+            errors.append(Warning(f"{name} is no longer used: {why}", id="longpoll_app.W002"))
+    layer = Settings.LONGPOLL_CHANNEL_LAYER
+    alias = getattr(settings, layer.name, layer.default)
     layers = getattr(settings, "CHANNEL_LAYERS", {})
-    if hasattr(settings, "LONGPOLL_CHANNEL_LAYER") and alias not in layers:
+    # A value its own rule refuses is reported once, by that rule (and a list or other
+    # unhashable value could not even be looked up in CHANNEL_LAYERS).
+    if hasattr(settings, layer.name) and layer.is_valid(alias) and alias not in layers:
         errors.append(
             Error(
                 f"LONGPOLL_CHANNEL_LAYER {alias!r} is not a key of CHANNEL_LAYERS "
@@ -97,36 +77,3 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
-
-
-REDIS_BLOCKING_READ = 5.0  # seconds channels-redis blocks in one receive (brpop_timeout)
-
-
-@register(Tags.compatibility)
-def check_redis_socket_timeout(**kwargs: Any) -> list[CheckMessage]:
-    """redis-py 8 reads time out after 5 s by default, as long as channels-redis's
-    blocking receive: every receive then fails with "Timeout reading from ..."
-    (channels_redis issue 422), and wake-ups stop arriving."""
-    try:
-        import redis
-    except ImportError:
-        return []
-    if int(redis.__version__.split(".")[0]) < 8:
-        return []
-    warnings: list[CheckMessage] = []
-    for alias, layer in getattr(settings, "CHANNEL_LAYERS", {}).items():
-        if "channels_redis" not in str(layer.get("BACKEND", "")):
-            continue
-        for host in layer.get("CONFIG", {}).get("hosts", []) or [None]:
-            timeout = host.get("socket_timeout", 5.0) if isinstance(host, dict) else 5.0
-            if timeout is not None and timeout <= REDIS_BLOCKING_READ:
-                warnings.append(
-                    Warning(
-                        f"CHANNEL_LAYERS[{alias!r}] uses redis-py {redis.__version__}, whose "
-                        f"socket_timeout ({timeout} s) ends channels-redis's "
-                        f"{REDIS_BLOCKING_READ:g} s blocking receive: wake-ups will not arrive.",
-                        hint='Give each host as {"address": URL, "socket_timeout": 15}.',
-                        id="longpoll_app.W001",
-                    )
-                )
-    return warnings

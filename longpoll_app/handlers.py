@@ -31,7 +31,7 @@ def handler(message_type: str) -> Callable[[Handler], Handler]:
 
     def register(fn: Handler) -> Handler:
         existing = _handlers.get(message_type)
-        if existing is not None and _qualified(existing) != _qualified(fn):
+        if existing is not None and existing is not fn and not _reloaded(existing, fn):
             raise ImproperlyConfigured(
                 f"Message type {message_type!r} already has the handler {_qualified(existing)}; "
                 f"cannot register {_qualified(fn)} too."
@@ -40,6 +40,20 @@ def handler(message_type: str) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def _reloaded(old: Handler, new: Handler) -> bool:
+    """True if ``new`` is ``old`` defined again (its module was reloaded): the
+    same name at the same place in the same file, from new code. The closures
+    of one factory share their code, and two lambdas have two places: both
+    are different functions."""
+    old_code, new_code = getattr(old, "__code__", None), getattr(new, "__code__", None)
+    if old_code is None or new_code is None or old_code is new_code:
+        return False
+    return _qualified(old) == _qualified(new) and (
+        old_code.co_filename,
+        old_code.co_firstlineno,
+    ) == (new_code.co_filename, new_code.co_firstlineno)
 
 
 def _qualified(fn: Handler) -> str:

@@ -34,7 +34,7 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from . import api, store
+from . import api, sessions
 
 # The key whose session is being given a new key right now, in this context.
 _cycling: ContextVar[str | None] = ContextVar("longpoll_cycling_key", default=None)
@@ -63,12 +63,12 @@ def record_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: 
     if (
         old_key
         and old_key != session.session_key
-        and store.session_pks([old_key])
-        and store.load_live_session(old_key) is None
+        and sessions.session_pks([old_key])
+        and sessions.load_live_session(old_key) is None
     ):
         api.end_session(old_key)
     if session.session_key:
-        store.record_user(session.session_key, user.pk, session.get_expiry_date())
+        sessions.record_user(session.session_key, user.pk, session.get_expiry_date())
 
 
 def purge_deleted_session(sender: Any, instance: Any, **kwargs: Any) -> None:

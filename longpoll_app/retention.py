@@ -18,16 +18,15 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from importlib import import_module
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Model
 from django.utils import timezone
 
-from . import stats, store
+from . import counters, queue, sessions
 from .conf import conf
 from .models import ClientMessage, HubReport, LongpollSession, Message
+from .threads import run_in_thread
 
 log = logging.getLogger("longpoll_app")
 
@@ -55,19 +54,22 @@ class Walk:
     sessions_after: int = 0
 
 
+def _older_first(model: type[Model], field: str, cutoff: datetime, batch: int) -> list[int]:
+    """The pks of up to ``batch`` rows whose ``field`` is before ``cutoff``,
+    oldest first: one step through the index on ``field``."""
+    rows = model._default_manager.filter(**{f"{field}__lt": cutoff}).order_by(field)
+    return list(rows.values_list("pk", flat=True)[:batch])
+
+
 def purge_expired_messages(batch: int) -> tuple[int, bool]:
     """Delete up to ``batch`` messages past ``LONGPOLL_RETENTION`` (index on ``created_at``)."""
-    cutoff = timezone.now() - timedelta(seconds=conf.LONGPOLL_RETENTION)
-    pks = list(
-        Message.objects.filter(created_at__lt=cutoff)
-        .order_by("created_at")
-        .values_list("pk", flat=True)[:batch]
-    )
+    cutoff = queue.oldest_kept()
+    pks = _older_first(Message, "created_at", cutoff, batch)
     if not pks:
         return 0, False
     with transaction.atomic():
         removed, _ = Message.objects.filter(pk__in=pks, created_at__lt=cutoff).delete()
-        stats.add_counts(**{stats.EXPIRED: removed})
+        counters.add_counts(**{counters.EXPIRED: removed})
     return removed, len(pks) == batch
 
 
@@ -95,7 +97,7 @@ def purge_acknowledged(after_pk: int, batch: int) -> tuple[int, int | None]:
             removed, _ = Message.objects.filter(
                 pk__in=pks, seq__lte=F("session__acked_id")
             ).delete()
-            stats.add_counts(**{stats.DELIVERED: removed})
+            counters.add_counts(**{counters.DELIVERED: removed})
     if len(pks) == batch:
         return removed, after_pk  # these sessions may have more: same range again
     return removed, session_pks[-1] if len(session_pks) == batch else None
@@ -104,50 +106,23 @@ def purge_acknowledged(after_pk: int, batch: int) -> tuple[int, int | None]:
 def purge_client_ids(batch: int) -> tuple[int, bool]:
     """Forget up to ``batch`` client message ids past ``LONGPOLL_DEDUP_WINDOW``."""
     cutoff = timezone.now() - timedelta(seconds=conf.LONGPOLL_DEDUP_WINDOW)
-    pks = list(
-        ClientMessage.objects.filter(received_at__lt=cutoff)
-        .order_by("received_at")
-        .values_list("pk", flat=True)[:batch]
-    )
+    pks = _older_first(ClientMessage, "received_at", cutoff, batch)
     if not pks:
         return 0, False
     removed, _ = ClientMessage.objects.filter(pk__in=pks, received_at__lt=cutoff).delete()
     return removed, len(pks) == batch
 
 
-def live_expiries(session_keys: list[str]) -> dict[str, datetime]:
-    """The expiry of each of these keys that names a live session.
-
-    Database engines are asked in one query; others (cache, file) key by key.
-    """
-    now = timezone.now()
-    engine = import_module(settings.SESSION_ENGINE)
-    get_model_class = getattr(engine.SessionStore, "get_model_class", None)
-    if get_model_class is not None:  # db, cached_db and their subclasses
-        model = get_model_class()
-        return dict(
-            model.objects.filter(session_key__in=session_keys, expire_date__gt=now).values_list(
-                "session_key", "expire_date"
-            )
-        )
-    live = {}
-    for key in session_keys:
-        session = store.load_live_session(key)
-        if session is not None:
-            live[key] = session.get_expiry_date()
-    return live
-
-
 def _remove_dead(rows: list[tuple[int, str]], refresh: bool = False) -> int:
     """Remove the records among ``rows`` (pk, key) whose session is not live;
     with ``refresh``, note the real expiry of the others (whose stored expiry
     passed: the session was extended since)."""
-    live = live_expiries([key for _, key in rows])
+    live = sessions.live_expiries([key for _, key in rows])
     if refresh:
         for pk, key in rows:
             if key in live:
                 LongpollSession.objects.filter(pk=pk, session_key=key).update(expires_at=live[key])
-    return store.remove_sessions([pk for pk, key in rows if key not in live])
+    return queue.remove_sessions([pk for pk, key in rows if key not in live])
 
 
 def purge_expired_sessions(batch: int) -> tuple[int, bool]:
@@ -182,12 +157,7 @@ def purge_dead_sessions(after_pk: int, batch: int) -> tuple[int, int | None]:
 def purge_reports(batch: int) -> int:
     """Delete the reports of server processes that stopped long ago."""
     keep = max(REPORT_KEEP, 10 * conf.LONGPOLL_STATUS_INTERVAL)
-    cutoff = timezone.now() - timedelta(seconds=keep)
-    pks = list(
-        HubReport.objects.filter(updated_at__lt=cutoff)
-        .order_by("updated_at")
-        .values_list("pk", flat=True)[:batch]
-    )
+    pks = _older_first(HubReport, "updated_at", timezone.now() - timedelta(seconds=keep), batch)
     if not pks:
         return 0
     removed, by_model = HubReport.objects.filter(pk__in=pks).delete()
@@ -242,8 +212,6 @@ def purge_all(batch: int) -> Purged:
 async def cleanup_loop() -> None:
     """A server process's automatic clean-up: one step every interval, sooner
     while there is a backlog. Does nothing when the interval is 0."""
-    from .hub import run_in_thread
-
     walk = Walk()
     interval = conf.LONGPOLL_CLEANUP_INTERVAL
     if interval <= 0:

@@ -107,11 +107,11 @@ class _Recorder:
             return self.ids[session_key]
 
     def to_user(self, user_pk: Any, type: str, data: Any) -> int:
-        from . import store
+        from . import sessions
 
         with self.lock:
             self.sent.append(SentMessage(type=type, data=data, user_pk=user_pk))
-        return 0 if self.deliver else len(store.live_session_keys_of(user_pk))
+        return 0 if self.deliver else len(sessions.live_session_keys_of(user_pk))
 
 
 @contextmanager

@@ -37,6 +37,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files under every server (daphne and uvicorn serve none; only
+    # runserver does, under DEBUG): the page's longpoll.js must load everywhere.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -110,9 +113,7 @@ if os.environ.get("REDIS_URL"):
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # redis-py 8 times socket reads out after 5 s by default, which
-                # is channels-redis's own blocking-receive time: give it room.
-                "hosts": [{"address": os.environ["REDIS_URL"], "socket_timeout": 15}],
+                "hosts": [os.environ["REDIS_URL"]],
                 # One hub channel per process receives every wake-up for the
                 # sessions it holds polls for: give it room for bursts.
                 "capacity": 10_000,
@@ -135,6 +136,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The demo serves straight from the apps' and STATICFILES_DIRS' files, so it
+# needs no collectstatic; a deployment runs collectstatic and turns this off.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -22,6 +22,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
 )
 STARTUP_TIMEOUT = 30.0  # seconds a server may take to accept connections
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # per second, as /proc counts CPU time
+IDLE_SHARE = 0.05  # of one core: more, and a server is still at work
 
 
 def free_port() -> int:
@@ -66,26 +68,32 @@ def manage(
 
 @dataclass
 class Server:
-    kind: str  # "daphne" or "uvicorn"
+    kind: str  # "daphne", "uvicorn" or "runserver"
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     access_log: bool = False  # uvicorn: log every response, as daphne does anyway
+    cwd: Path = ROOT  # the project's folder
+    app: str = "project.asgi:application"
+    python: str = sys.executable
+
+    def command(self) -> list[str]:
+        port = str(self.port)
+        if self.kind == "runserver":
+            return ["manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+        if self.kind == "daphne":
+            return ["-m", "daphne", "-b", "127.0.0.1", "-p", port, self.app]
+        uvicorn = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", port, self.app]
+        uvicorn += ["--loop", "uvloop", "--http", "httptools"]
+        return uvicorn if self.access_log else [*uvicorn, "--no-access-log"]
 
     def start(self, log_dir: Path) -> Server:
         self.log_path = log_dir / f"{self.kind}-{self.port}.log"
-        if self.kind == "daphne":
-            cmd = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-        else:
-            cmd = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
-            cmd += ["--loop", "uvloop", "--http", "httptools"]
-            if not self.access_log:
-                cmd.append("--no-access-log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, *cmd, "project.asgi:application"],
-                cwd=ROOT,
+                [self.python, *self.command()],
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -239,23 +247,71 @@ class ServerProcess:
     def threads(self) -> int:
         return self.status("Threads")
 
+    def peer_ports(self) -> set[int]:
+        """The remote ports of the TCP sockets this process holds open: a
+        connection the server has closed is no longer among them, whatever else
+        (database files, pool threads' connections) it opened meanwhile."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            lines = Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]
+            for fields in (line.split() for line in lines):
+                if fields[9] in inodes:
+                    ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+        return ports
+
     def cpu_ticks(self) -> int:
         # utime and stime: fields 14 and 15, counted after the ")" that ends the name.
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])
 
-    def wait_idle(self, quiet: float = 0.3, timeout: float = 15.0) -> bool:
-        """Wait until the process used no CPU for ``quiet`` seconds: it has dealt
-        with everything sent to it. False if that did not happen within ``timeout``."""
+    def wait_idle(self, quiet: float = 0.3, timeout: float = 15.0) -> Idle:
+        """Wait until the process used at most ``IDLE_SHARE`` of a core for
+        ``quiet`` seconds: it has dealt with everything sent to it. False if that
+        did not happen within ``timeout``; its repr gives the ticks of each window.
+
+        An idle server is not silent: its paced collector, status reports and
+        layer keep-alives take a few ms a second, in bursts (several times that
+        for seconds on end, seen in the full suite), and the kernel counts the
+        whole process's time in 10 ms ticks. A server still working through
+        what was sent to it takes most of a core."""
+        allowed = max(1, int(quiet * CLOCK_TICKS * IDLE_SHARE))
         deadline = time.monotonic() + timeout
+        windows: list[int] = []
         ticks = self.cpu_ticks()
         while time.monotonic() < deadline:
             time.sleep(quiet)
             now = self.cpu_ticks()
-            if now == ticks:
-                return True
+            windows.append(now - ticks)
+            if windows[-1] <= allowed:
+                return Idle(True, quiet, allowed, windows)
             ticks = now
-        return False
+        return Idle(False, quiet, allowed, windows)
+
+
+@dataclass
+class Idle:
+    """What ``ServerProcess.wait_idle`` saw: true if the process went idle."""
+
+    idle: bool
+    quiet: float  # seconds per window
+    allowed: int  # clock ticks a window may use and count as idle
+    windows: list[int]  # clock ticks used in each window
+
+    def __bool__(self) -> bool:
+        return self.idle
+
+    def __repr__(self) -> str:
+        state = "idle" if self.idle else "never idle"
+        return (
+            f"<{state}: ticks per {self.quiet} s window {self.windows}, "
+            f"at most {self.allowed} counts as idle>"
+        )
 
 
 def running(server: Server) -> ServerProcess:
@@ -380,13 +436,16 @@ class PostgresProxy:
             )
 
     async def _cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # listen no more
         for transport in list(self._transports):
             transport.abort()
         self._transports.clear()
+        if server is not None:
+            # Only now: since Python 3.12.1 wait_closed() also waits for the
+            # server's open connections, which the aborts above end.
+            await server.wait_closed()
 
     async def _handle(self, reader: Any, writer: Any) -> None:
         import asyncio

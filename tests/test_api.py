@@ -18,14 +18,15 @@ from longpoll_app import (
     asend_many_to_session,
     asend_to_session,
     asend_to_user,
+    process,
     send_many_to_session,
     send_to_session,
     send_to_user,
-    store,
+    sessions,
 )
 from longpoll_app.hub import shared_layer
 from longpoll_app.models import LongpollSession, Message
-from longpoll_app.store import session_store
+from longpoll_app.sessions import session_store
 from longpoll_app.testing import capture_messages
 
 from .conftest import Browser, new_session_key
@@ -145,9 +146,7 @@ def test_send_to_user_reaches_each_live_session(
     assert len(ada_keys) == 1  # logging out purged the first session's record
     _login_session(bob)
     bob_key = _login_session(bob)
-    from longpoll_app.store import verify_session
-
-    verify_session(bob_key)  # bob's second session has polled
+    sessions.verify_sessions([(bob_key, None, "")])  # bob's second session has polled
     assert send_to_user(ada, "note", "hi ada") == 1
     assert send_to_user(bob.pk, "note", "hi bob") == 1
     assert (
@@ -292,7 +291,7 @@ def test_send_to_user_in_a_transaction_wakes_each_session_once(
     user = django_user_model.objects.create_user("eve", password="pw-eve-123")
     keys = [_login_session(user) for _ in range(2)]
     for key in keys:
-        store.verify_session(key)
+        sessions.verify_sessions([(key, None, "")])
     with transaction.atomic():
         for _ in range(3):
             assert send_to_user(user, "note") == 2
@@ -333,7 +332,7 @@ async def test_wakes_reach_the_redis_group_through_one_long_lived_loop(
     assert layer is not None
     key = await sync_to_async(new_session_key)()
     channel = await layer.new_channel()
-    await layer.group_add(store.wake_group(key), channel)
+    await layer.group_add(sessions.wake_group(key), channel)
     pools: list[int] = []
     create_pool = layer.create_pool
 
@@ -358,7 +357,7 @@ async def test_wakes_reach_the_redis_group_through_one_long_lived_loop(
     assert [message["last_id"] for message in received] == list(range(1, count + 1))
     # One loop for every send, so one connection pool (async_to_sync made one per send).
     assert len(pools) <= 1
-    assert api._loop_for_sends().thread.is_alive()
+    assert process._loop_for_sends().thread.is_alive()
 
 
 async def test_a_sync_send_from_a_thread_running_a_loop_does_not_deadlock(
@@ -391,13 +390,13 @@ def test_an_unreachable_layer_is_logged_once_and_the_message_kept(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_gets_a_send_loop_of_its_own(redis_layer: None) -> None:
-    parent_loop = api._loop_for_sends()
+    parent_loop = process._loop_for_sends()
     assert api._group_send("longpoll.fork-test", {"type": "longpoll.wake", "last_id": 1})
     pid = os.fork()
     if pid == 0:  # the child: report through the exit status, never return into pytest
         status = 1
         try:
-            child_loop = api._loop_for_sends()
+            child_loop = process._loop_for_sends()
             fresh = child_loop is not parent_loop and child_loop.thread.is_alive()
             sent = api._group_send("longpoll.fork-test", {"type": "longpoll.wake", "last_id": 2})
             status = 0 if fresh and sent else 2
@@ -411,4 +410,4 @@ def test_a_forked_child_gets_a_send_loop_of_its_own(redis_layer: None) -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(done[1]) == 0
-    assert api._loop_for_sends() is parent_loop  # the parent's loop is untouched
+    assert process._loop_for_sends() is parent_loop  # the parent's loop is untouched

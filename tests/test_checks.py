@@ -2,15 +2,75 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from longpoll_app.checks import check_redis_socket_timeout, check_sessions, check_settings
+from longpoll_app import conf as conf_module
+from longpoll_app.checks import RETIRED_CHECK_IDS, check_sessions, check_settings
+from longpoll_app.conf import SETTINGS, Setting
+
+TOKEN = "A" * 43  # as long as secrets.token_urlsafe(32)'s
+
+# Ids once published keep their meaning: a renumbered setting would make a silenced
+# (SILENCED_SYSTEM_CHECKS) or documented id point at another setting.
+PUBLISHED_IDS = {
+    "LONGPOLL_TIMEOUT": "longpoll_app.E101",
+    "LONGPOLL_EMPTY_STATUS": "longpoll_app.E102",
+    "LONGPOLL_BATCH_SIZE": "longpoll_app.E103",
+    "LONGPOLL_RETENTION": "longpoll_app.E104",
+    "LONGPOLL_MAX_QUEUE": "longpoll_app.E105",
+    "LONGPOLL_MAX_MESSAGE_BYTES": "longpoll_app.E106",
+    "LONGPOLL_MAX_POLLS_PER_SESSION": "longpoll_app.E107",
+    "LONGPOLL_SEND_RATE": "longpoll_app.E108",
+    "LONGPOLL_SEND_BURST": "longpoll_app.E109",
+    "LONGPOLL_DEDUP_WINDOW": "longpoll_app.E110",
+    "LONGPOLL_BODY_TIMEOUT": "longpoll_app.E111",
+    "LONGPOLL_WATCH_INTERVAL": "longpoll_app.E112",
+    "LONGPOLL_CHANNEL_LAYER": "longpoll_app.E113",
+    "LONGPOLL_STATUS_INTERVAL": "longpoll_app.E114",
+    "LONGPOLL_CLEANUP_INTERVAL": "longpoll_app.E115",
+    "LONGPOLL_CLEANUP_BATCH": "longpoll_app.E116",
+    "LONGPOLL_GC_INTERVAL": "longpoll_app.E117",
+    "LONGPOLL_METRICS_TOKEN": "longpoll_app.E118",
+}
+OTHER_IDS = {"longpoll_app.E001", "longpoll_app.E002", "longpoll_app.E004", "longpoll_app.W002"}
+
+NAN, INF = float("nan"), float("inf")
+NOT_NUMBERS = ["10", b"10", None, True, False, [1.0], 1j]
+
+# Per rule, values it must refuse and values it must let through. A new rule fails
+# test_every_rule_is_attacked until it is listed here.
+BAD: dict[Callable[[Any], bool], list[Any]] = {
+    conf_module.positive_number: [*NOT_NUMBERS, 0, 0.0, -0.0, -1, -0.5, NAN, INF, -INF],
+    conf_module.non_negative_number: [*NOT_NUMBERS, -1, -0.001, NAN, INF, -INF],
+    conf_module.positive_int: [*NOT_NUMBERS, 0, -1, 1.0, 1.5, NAN, INF],
+    conf_module.empty_status: [200, 204.0, 304.0, "204", True, None, 0, 2040],
+    conf_module.channel_layer_alias: ["", None, 5, True, b"default", ["default"]],
+    conf_module.bearer_token_or_none: ["", "x", TOKEN[:31], " " + TOKEN, 12345, True],
+}
+GOOD: dict[Callable[[Any], bool], list[Any]] = {
+    conf_module.positive_number: [1, 0.001, 30, 2.5, 1e6],
+    conf_module.non_negative_number: [0, 0.0, 0.5, 60, 300.0],
+    conf_module.positive_int: [1, 7, 10_000],
+    conf_module.empty_status: [204, 304],
+    conf_module.channel_layer_alias: ["default"],  # the one CHANNEL_LAYERS has (conftest)
+    conf_module.bearer_token_or_none: [None, TOKEN, TOKEN[:32]],
+}
 
 
 def ids(messages: list[Any]) -> list[str]:
     return [m.id for m in messages]
+
+
+def cases(values: dict[Callable[[Any], bool], list[Any]]) -> list[Any]:
+    return [
+        pytest.param(setting, value, id=f"{setting.name}={value!r}")
+        for setting in SETTINGS
+        for value in values.get(setting.is_valid, [])
+    ]
 
 
 def test_default_setup_passes() -> None:
@@ -47,31 +107,50 @@ def test_missing_session_middleware_is_refused(settings: Any) -> None:
 def test_bad_setting_types_are_refused(settings: Any, name: str, value: Any) -> None:
     setattr(settings, name, value)
     errors = check_settings()
-    assert ids(errors) == ["longpoll_app.E003"]
+    assert ids(errors) == [PUBLISHED_IDS[name]]
     assert name in errors[0].msg and repr(value) in errors[0].msg
+
+
+def test_every_rule_is_attacked() -> None:
+    untested = sorted(
+        {s.name for s in SETTINGS if not (BAD.get(s.is_valid) and s.is_valid in GOOD)}
+    )
+    assert untested == [], "add bad and good values for these settings' rules"
+
+
+@pytest.mark.parametrize(("setting", "value"), cases(BAD))
+def test_a_bad_value_gives_exactly_its_settings_id(
+    settings: Any, setting: Setting[Any], value: Any
+) -> None:
+    setattr(settings, setting.name, value)
+    errors = check_settings()
+    assert ids(errors) == [setting.check_id]
+    assert [e.level for e in errors] == [40]  # ERROR: Django refuses to start
+    assert errors[0].msg == f"{setting.name} must be {setting.accepted}, not {value!r}."
+
+
+@pytest.mark.parametrize(("setting", "value"), cases(GOOD))
+def test_a_good_value_gives_no_message(settings: Any, setting: Setting[Any], value: Any) -> None:
+    setattr(settings, setting.name, value)
+    assert check_settings() == []
+
+
+def test_each_setting_has_its_own_new_id() -> None:
+    declared = [s.check_id for s in SETTINGS]
+    assert len(set(declared)) == len(declared), "two settings share a check id"
+    assert all(re.fullmatch(r"longpoll_app\.E\d{3}", found) for found in declared)
+    assert set(declared).isdisjoint(OTHER_IDS | RETIRED_CHECK_IDS)
+    # A setting may be added (with the next free id), never renumbered or removed unlisted.
+    assert {s.name: s.check_id for s in SETTINGS if s.name in PUBLISHED_IDS} == PUBLISHED_IDS
+
+
+def test_a_removed_setting_is_named(settings: Any) -> None:
+    settings.LONGPOLL_SESSION_RECHECK = 60.0
+    warnings = check_settings()
+    assert ids(warnings) == ["longpoll_app.W002"]
+    assert "every poll checks its session" in warnings[0].msg
 
 
 def test_unknown_channel_layer_alias(settings: Any) -> None:
     settings.LONGPOLL_CHANNEL_LAYER = "pushes"
     assert ids(check_settings()) == ["longpoll_app.E004"]
-
-
-@pytest.mark.parametrize(
-    ("host", "warned"),
-    [
-        ("redis://127.0.0.1:6379/0", True),
-        ({"address": "redis://127.0.0.1:6379/0"}, True),
-        ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": 15}, False),
-        ({"address": "redis://127.0.0.1:6379/0", "socket_timeout": None}, False),
-    ],
-)
-def test_redis_socket_timeout_shorter_than_blocking_receive(
-    settings: Any, host: Any, warned: bool
-) -> None:
-    import redis
-
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}
-    }
-    expected = ["longpoll_app.W001"] if warned and int(redis.__version__.split(".")[0]) >= 8 else []
-    assert ids(check_redis_socket_timeout()) == expected

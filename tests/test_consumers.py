@@ -8,13 +8,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.urls import get_resolver
 
 import longpoll_app
-from longpoll_app import handlers
 from longpoll_app.api import send_to_session
-from longpoll_app.hub import Hub
 from longpoll_app.models import ClientMessage, LongpollSession, Message
+from longpoll_app.runtime import current_hub
 
 from .conftest import Browser
 
@@ -72,7 +70,7 @@ async def test_cursor_acknowledges_and_next_poll_gets_only_newer(
     await asend(browser.session_key, "c", 3)
     second = (await browser.poll(first["cursor"])).json()
     assert [m["id"] for m in second["messages"]] == [3]
-    await Hub.current().flush_acks()
+    await current_hub().acks.flush()
     remaining = [m.seq async for m in Message.objects.all()]
     assert remaining == [3]  # 1 and 2 were acknowledged by the second poll's cursor
 
@@ -129,7 +127,7 @@ async def test_cursor_from_an_earlier_record_restarts_with_a_gap(browser: Browse
 async def test_disconnect_while_held_leaves_nothing_behind(browser: Browser, layer: str) -> None:
     held = browser.start({"cursor": None})
     assert not await held.answered_within(0.2)
-    hub = Hub.current()
+    hub = current_hub()
     follow = hub.follows[browser.session_key]
     assert follow.held == 1 and len(follow.waiters) == 1
     await held.disconnect()
@@ -147,10 +145,31 @@ async def test_many_aborted_polls_do_not_accumulate(browser: Browser) -> None:
     for _ in range(50):
         held = browser.start({"cursor": None})
         assert not await held.answered_within(0.01)
-        hub_polls.append(Hub.current().held_polls())
+        hub_polls.append(current_hub().held_polls())
         await held.disconnect()
     assert max(hub_polls) == 1
-    assert Hub.current().held_polls() == 0
+    assert current_hub().held_polls() == 0
+
+
+def _count_store_calls(monkeypatch: Any) -> tuple[list[Any], list[list[str]]]:
+    """The store's message reads, and the keys of each session check, from now on."""
+    from longpoll_app import queue, sessions
+
+    reads: list[Any] = []
+    checks: list[list[str]] = []
+    verify_sessions = sessions.verify_sessions
+
+    def read(*args: Any) -> Any:
+        reads.append(args)
+        raise AssertionError("an idle re-poll must not read messages")
+
+    def verify(polls: list[tuple[str, str | None, str]]) -> Any:
+        checks.append([key for key, _, _ in polls])
+        return verify_sessions(polls)
+
+    monkeypatch.setattr(queue, "read", read)
+    monkeypatch.setattr(sessions, "verify_sessions", verify)
+    return reads, checks
 
 
 async def test_idle_repoll_reads_nothing_from_the_store(
@@ -161,13 +180,11 @@ async def test_idle_repoll_reads_nothing_from_the_store(
     cursor = (await browser.poll(None)).json()["cursor"]
     await asyncio.sleep(0.1)  # let the watcher establish its watermark
     assert (await browser.poll(cursor)).status == 204  # reads the store once more
-    from longpoll_app import store
 
-    reads: list[Any] = []
-    monkeypatch.setattr(store, "read", lambda *args: reads.append(args))
-    monkeypatch.setattr(store, "verify_sessions", lambda *args: reads.append(args))
+    reads, checks = _count_store_calls(monkeypatch)
     assert (await browser.poll(cursor)).status == 204
-    assert reads == []
+    assert reads == []  # no message query...
+    assert checks == [[browser.session_key]]  # ...only the session check every poll makes
 
 
 async def test_fresh_page_idle_repoll_reads_nothing_from_the_store(
@@ -178,13 +195,11 @@ async def test_fresh_page_idle_repoll_reads_nothing_from_the_store(
     assert (await browser.poll(None)).status == 204
     await asyncio.sleep(0.1)  # let the watcher establish its watermark
     assert (await browser.poll(None)).status == 204  # read again: the first read predates it
-    from longpoll_app import store
 
-    reads: list[Any] = []
-    monkeypatch.setattr(store, "read", lambda *args: reads.append(args))
-    monkeypatch.setattr(store, "verify_sessions", lambda *args: reads.append(args))
+    reads, checks = _count_store_calls(monkeypatch)
     assert (await browser.poll(None)).status == 204
     assert reads == []
+    assert checks == [[browser.session_key]]
     # ...and a message still reaches such a page at once.
     monkeypatch.undo()
     settings.LONGPOLL_TIMEOUT = 2.0
@@ -270,7 +285,7 @@ async def test_csrf_token_in_the_session(browser: Browser, settings: Any) -> Non
 
     settings.CSRF_USE_SESSIONS = True
     settings.LONGPOLL_TIMEOUT = 0.1
-    from longpoll_app.store import session_store
+    from longpoll_app.sessions import session_store
 
     def store_token() -> None:
         session = session_store(browser.session_key)
@@ -335,12 +350,12 @@ async def test_body_over_the_limit_is_413(browser: Browser, settings: Any) -> No
 async def test_database_outage_is_503_with_retry_after(browser: Browser, monkeypatch: Any) -> None:
     from django.db import OperationalError
 
-    from longpoll_app import store
+    from longpoll_app import sessions
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(store, "verify_sessions", down)
+    monkeypatch.setattr(sessions, "verify_sessions", down)
     response = await browser.poll(None)
     assert response.status == 503
     assert response.headers["retry-after"] == "5"
@@ -348,18 +363,6 @@ async def test_database_outage_is_503_with_retry_after(browser: Browser, monkeyp
 
 
 # -- client-to-server messages ---------------------------------------------------
-
-
-@pytest.fixture
-def registered() -> Any:
-    # The URLconf imports the demo, which registers its handlers: load it first,
-    # or a test run alone would see the demo register over its handlers.
-    get_resolver().url_patterns  # noqa: B018
-    saved = dict(handlers._handlers)
-    handlers._handlers.clear()  # the demo's own handlers are not part of these tests
-    yield handlers._handlers
-    handlers._handlers.clear()
-    handlers._handlers.update(saved)
 
 
 async def test_send_reaches_a_sync_handler_that_replies(
@@ -451,9 +454,9 @@ async def test_async_handler_is_run_again_when_its_id_could_not_be_recorded(
 ) -> None:
     from django.db import OperationalError
 
-    from longpoll_app import store
+    from longpoll_app import queue
 
-    record = store.record_client_message
+    record = queue.record_client_message
     calls: list[Any] = []
 
     def database_gone_once(*args: Any) -> bool:
@@ -461,7 +464,7 @@ async def test_async_handler_is_run_again_when_its_id_could_not_be_recorded(
             raise OperationalError("server closed the connection unexpectedly")
         return record(*args)
 
-    monkeypatch.setattr(store, "record_client_message", database_gone_once)
+    monkeypatch.setattr(queue, "record_client_message", database_gone_once)
 
     @longpoll_app.handler("async.work")
     async def on_work(session_key: str, user: Any, data: Any) -> None:
@@ -590,3 +593,26 @@ async def test_send_without_session_is_403(browser: Browser, registered: Any) ->
     response = await Browser("y" * 32, csrf=browser.csrf).send("a", "t")
     assert response.status == 403
     assert response.json()["error"] == "no_session"
+
+
+async def test_a_message_woken_during_the_session_check_is_answered_at_once(
+    browser: Browser, monkeypatch: Any
+) -> None:
+    """The check reads the record's ids; a message queued (and its wake-up
+    handled) before the check's answer is back makes those ids stale. The poll
+    must read the store, not wait out its hold."""
+    from longpoll_app import sessions
+
+    assert (await browser.poll(None)).status == 204  # followed, nothing pending
+    verify = sessions.verify_sessions
+
+    def check_then_send(polls: list[tuple[str, str | None, str]]) -> Any:
+        records = verify(polls)  # the ids as they were
+        send_to_session(browser.session_key, "late", 1)  # wakes the hub before the answer
+        return records
+
+    monkeypatch.setattr(sessions, "verify_sessions", check_then_send)
+    held = browser.start({"cursor": 0})
+    assert await held.answered_within(1.0)  # not after the 2 s hold
+    reply = await held.response()
+    assert reply.json()["messages"] == [{"id": 1, "type": "late", "data": 1}]

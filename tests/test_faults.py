@@ -588,20 +588,21 @@ def test_postgres_unavailable_answers_503_and_service_resumes(
             proxy.pause()
             paused_at = time.monotonic()
             slowest = 0.0
+            calls: list[Callable[[], Any]] = [
+                # A page behind the newest id must read the store. (A null
+                # cursor need not: the hub knows this page has nothing pending.)
+                lambda: followed.poll(server, 0, timeout=HOLD),
+                lambda: fresh.poll(server, 0, timeout=HOLD),  # checks its session first
+                lambda: followed.request(
+                    server,
+                    "POST",
+                    "/longpoll/send/",
+                    {"id": f"down-{next(_client_ids)}", "type": "demo.echo", "data": "x"},
+                    timeout=HOLD,
+                ),
+            ]
             for _ in range(2):
-                for call in (
-                    # A page behind the newest id must read the store. (A null
-                    # cursor need not: the hub knows this page has nothing pending.)
-                    lambda: followed.poll(server, 0, timeout=HOLD),
-                    lambda: fresh.poll(server, 0, timeout=HOLD),  # checks its session first
-                    lambda: followed.request(
-                        server,
-                        "POST",
-                        "/longpoll/send/",
-                        {"id": f"down-{next(_client_ids)}", "type": "demo.echo", "data": "x"},
-                        timeout=HOLD,
-                    ),
-                ):
+                for call in calls:
                     started = time.monotonic()
                     assert_unavailable(call())
                     slowest = max(slowest, time.monotonic() - started)

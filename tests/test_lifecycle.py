@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth import alogin, update_session_auth_hash
 from django.test import Client, RequestFactory
 
-from longpoll_app import retention, send_to_session, send_to_user, store
+from longpoll_app import queue, retention, send_to_session, send_to_user, sessions
 from longpoll_app.models import LongpollSession, Message, session_fingerprint
 
 from .conftest import Browser, new_session_key
@@ -59,7 +59,7 @@ def test_login_moves_the_queue_to_the_new_key(
     for n in range(3):
         send_to_session(old_key, "before.login", n)
     record = LongpollSession.objects.get(session_key=old_key)
-    store.acknowledge({record.pk: 1})
+    queue.acknowledge({(record.pk, old_key): 1})
 
     new_key = admin_login(client, "ada")
 
@@ -108,7 +108,7 @@ async def test_async_login_moves_the_queue(
     old_key = await sync_to_async(new_session_key)()
     await asend(old_key, "before.login", 1)
     request = RequestFactory().post("/login/")
-    request.session = store.session_store(old_key)
+    request.session = sessions.session_store(old_key)
 
     await alogin(request, ada)
 
@@ -147,7 +147,7 @@ def test_update_session_auth_hash_called_directly(
     key = admin_login(client, "ada")
     send_to_session(key, "kept", None)
     request = RequestFactory().get("/")
-    request.session = store.session_store(key)
+    request.session = sessions.session_store(key)
     request.user = ada
     update_session_auth_hash(request, ada)
     assert LongpollSession.objects.get().session_key == request.session.session_key != key
@@ -184,7 +184,7 @@ def test_another_user_logging_in_on_the_same_browser_does_not_inherit_the_queue(
 def test_deleting_a_database_session_purges_its_queue(transactional_db: None, engine: str) -> None:
     key = new_session_key()
     send_to_session(key, "m")
-    store.session_store(key).delete()
+    sessions.session_store(key).delete()
     assert not LongpollSession.objects.exists()
     assert not Message.objects.exists()
 
@@ -196,7 +196,7 @@ def test_a_cache_session_deleted_without_a_signal_goes_at_clean_up(
     key, other = new_session_key(), new_session_key()
     send_to_session(key, "m")
     send_to_session(other, "m")
-    store.session_store(key).delete()  # the cache engine sends no signal
+    sessions.session_store(key).delete()  # the cache engine sends no signal
     assert LongpollSession.objects.count() == 2
     removed, _ = retention.purge_dead_sessions(0, 100)
     assert removed == 1

@@ -17,7 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from longpoll_app import retention, send_to_session, stats, store
+from longpoll_app import counters, queue, reports, retention, send_to_session, sessions
 from longpoll_app.models import ClientMessage, HeldSession, HubReport, LongpollSession, Message
 
 from .conftest import Browser, new_session_key
@@ -42,12 +42,12 @@ def test_expired_messages_go_and_fresh_ones_stay(transactional_db: None) -> None
     age(Message.objects.filter(data__in=[0, 1, 2]))
     assert "Removed 3 expired message(s)" in purge()
     assert sorted(Message.objects.values_list("seq", flat=True)) == [4, 5]
-    assert stats.counters()[stats.EXPIRED] == 3
+    assert counters.counters()[counters.EXPIRED] == 3
 
 
 def test_acknowledged_leftovers_go(transactional_db: None) -> None:
     key = new_session_key()
-    queued = [store.append(key, "m", n) for n in range(3)]
+    queued = [queue.append(key, "m", n) for n in range(3)]
     pk = queued[0].session_pk
     LongpollSession.objects.filter(pk=pk).update(acked_id=2)  # acknowledged, rows still there
     removed, after = retention.purge_acknowledged(0, 100)
@@ -57,9 +57,9 @@ def test_acknowledged_leftovers_go(transactional_db: None) -> None:
 
 def test_old_client_message_ids_are_forgotten(transactional_db: None) -> None:
     key = new_session_key()
-    row = store.ensure_session_row(key)
+    row = sessions.ensure_session_row(key)
     for client_id in ("a", "b", "c"):
-        store.record_client_message(row.pk, client_id)
+        queue.record_client_message(row.pk, client_id)
     age(ClientMessage.objects.filter(client_id__in=["a", "b"]), "received_at")
     assert "2 client message id(s)" in purge()
     assert list(ClientMessage.objects.values_list("client_id", flat=True)) == ["c"]
@@ -84,14 +84,14 @@ def test_records_of_ended_and_expired_sessions_go(transactional_db: None) -> Non
     assert left == {extended, live}
     row = LongpollSession.objects.get(session_key=extended)
     assert row.expires_at == Session.objects.get(session_key=extended).expire_date
-    counts = stats.counters()
-    assert counts[stats.DISCARDED] == 2 and counts[stats.SENT] == 2  # kept for the stats
+    counts = counters.counters()
+    assert counts[counters.DISCARDED] == 2 and counts[counters.SENT] == 2  # kept for the stats
 
 
 def test_reports_of_stopped_processes_go(transactional_db: None) -> None:
     now = timezone.now()
-    stats.write_report("gone:1:1", "gone:1", now, 0, 0, {}, {1, 2}, None)
-    stats.write_report("here:2:1", "here:2", now, 0, 0, {}, {3}, None)
+    reports.write_report("gone:1:1", "gone:1", now, 0, 0, {}, {1, 2}, None)
+    reports.write_report("here:2:1", "here:2", now, 0, 0, {}, {3}, None)
     HubReport.objects.filter(name="gone:1:1").update(updated_at=now - timedelta(hours=2))
     assert "1 stale process report(s)" in purge()
     assert list(HubReport.objects.values_list("name", flat=True)) == ["here:2:1"]
@@ -151,8 +151,8 @@ def test_every_statement_goes_through_an_index(transactional_db: None) -> None:
     can serve still shows one."""
     keys = [new_session_key() for _ in range(3)]
     for key in keys:
-        row = store.ensure_session_row(key)
-        store.record_client_message(row.pk, "x")
+        row = sessions.ensure_session_row(key)
+        queue.record_client_message(row.pk, "x")
         for n in range(3):
             send_to_session(key, "m", n)
     age(Message.objects.filter(data=0))
@@ -160,7 +160,7 @@ def test_every_statement_goes_through_an_index(transactional_db: None) -> None:
     LongpollSession.objects.filter(session_key=keys[0]).update(expires_at=timezone.now() - LONG_AGO)
     Session.objects.filter(session_key=keys[0]).update(expire_date=timezone.now() - LONG_AGO)
     Session.objects.filter(session_key=keys[1])._raw_delete(Session.objects.db)
-    stats.write_report("gone:1:1", "gone:1", timezone.now() - LONG_AGO, 0, 0, {}, {1}, None)
+    reports.write_report("gone:1:1", "gone:1", timezone.now() - LONG_AGO, 0, 0, {}, {1}, None)
     HubReport.objects.update(updated_at=timezone.now() - LONG_AGO)
     with CaptureQueriesContext(connection) as queries:
         retention.purge_all(batch=100)

@@ -27,3 +27,17 @@ def test_urls_reverse_under_the_mount(name: str) -> None:
     from django.urls import reverse
 
     assert reverse(f"longpoll:{name}") == f"/longpoll/{name}/"
+
+
+async def test_the_lifespan_of_a_django_app_is_answered() -> None:
+    """uvicorn sends it first; Django's handler would raise on it."""
+    from channels.testing import ApplicationCommunicator
+
+    from project.asgi import application
+
+    comm = ApplicationCommunicator(application, {"type": "lifespan", "asgi": {"version": "3.0"}})
+    await comm.send_input({"type": "lifespan.startup"})
+    assert await comm.receive_output(2) == {"type": "lifespan.startup.complete"}
+    await comm.send_input({"type": "lifespan.shutdown"})
+    assert await comm.receive_output(2) == {"type": "lifespan.shutdown.complete"}
+    await comm.wait(2)

@@ -5,6 +5,7 @@ whichever server the test picks."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -160,3 +161,17 @@ def test_embedded_default_delivers_a_command_send_to_a_held_poll(tmp_path: Path)
     finally:
         server.stop()
     assert "Traceback" not in server.log()
+
+
+def test_every_asset_of_the_demo_page_loads_on_either_server(scaled: tuple[Server, Server]) -> None:
+    """daphne and uvicorn serve no static files themselves (only runserver
+    does): the page would load without its client."""
+    for server in scaled:
+        page = HttpBrowser().request(server, "GET", "/")
+        assert page.status == 200
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.body.decode())
+        assert any(a.endswith("longpoll.js") for a in assets), assets
+        for asset in assets:
+            reply = HttpBrowser().request(server, "GET", asset)
+            assert reply.status == 200, (server.kind, asset, reply.status)
+            assert reply.body, (server.kind, asset)

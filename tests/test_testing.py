@@ -19,7 +19,7 @@ from longpoll_app.models import LongpollSession, Message, session_fingerprint
 from longpoll_app.testing import (
     CapturedMessages,
     capture_messages,
-    longpoll_messages,  # noqa: F401  (the fixture, as the README says to import it)
+    longpoll_messages,  # noqa: F401  (the fixture, as docs/testing.md says to import it)
 )
 
 from .servers import ROOT

@@ -1,9 +1,11 @@
 """Helpers of the real-browser tests: a real server in a subprocess, pages with a recorder.
 
-The server is the demo project run as a person runs it (``manage.py runserver``, which
-is daphne), on a migrated temporary SQLite database and a free 127.0.0.1 port. When a
-local Redis answers, it gets ``REDIS_URL`` too, so that ``manage.py longpoll_send`` in
-another process wakes held polls at once (without Redis the server only notices other
+The server is the demo project run as a person runs it, on a migrated temporary SQLite
+database and a free 127.0.0.1 port: by default with ``manage.py runserver`` (which is
+daphne's, under DEBUG, and serves the static files itself), or as in production with
+``daphne`` or ``uvicorn`` and DEBUG off, where WhiteNoise serves them. When a local
+Redis answers, it gets ``REDIS_URL`` too, so that ``manage.py longpoll_send`` in another
+process wakes held polls at once (without Redis the server only notices other
 processes' sends by checking the database every LONGPOLL_WATCH_INTERVAL).
 
 Chromium is Debian's (``apt-get install chromium``), driven by Playwright's Python API
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests import servers
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -38,9 +41,13 @@ CHROMIUM_ARGS = [
 ]
 REDIS_URL = os.environ.get("LONGPOLL_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 
-SERVER_START_TIMEOUT = 60.0  # seconds for migrate plus runserver to answer
+SERVER_START_TIMEOUT = 60.0  # seconds for migrate plus the server to answer
 SERVER_STOP_TIMEOUT = 10.0  # seconds a server gets to exit on SIGTERM before SIGKILL
 PAGE_TIMEOUT_MS = 20_000  # milliseconds Playwright waits for a page condition
+# Seconds a poll is held on the servers of conftest's ``server_of_kind``, pinned: their
+# tests tell a send that answered a held poll at once from one that waited for its end,
+# and a long hold leaves room for a send that a loaded machine starts late.
+KIND_SERVER_HOLD = 30.0
 
 
 def skip_reason() -> str | None:
@@ -68,22 +75,36 @@ def _redis_url() -> str | None:
     return REDIS_URL
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# How each kind of server is started, as tests/servers.py starts daphne and uvicorn, and
+# its DEBUG (DJANGO_DEBUG, read by project/settings.py): runserver is the developer's,
+# daphne and uvicorn run as in production, where no DEBUG-only static view exists.
+SERVER_KINDS = ("runserver", "daphne", "uvicorn")
+_DEBUG = {"runserver": "1", "daphne": "0", "uvicorn": "0"}
+
+
+def _serve_command(kind: str, port: int) -> list[str]:
+    """The arguments after ``python`` that serve the demo on 127.0.0.1:port, as
+    the other server suites run it (uvicorn with uvloop, httptools, access log)."""
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"unknown server kind {kind!r}: one of {SERVER_KINDS}")
+    return servers.Server(kind, {}, port=port, access_log=True).command()
 
 
 class Server:
-    """The demo project served by ``manage.py runserver`` in a subprocess.
+    """The demo project served in a subprocess by ``kind``, one of ``SERVER_KINDS``.
 
     Its database file outlives ``stop()``, so ``start()`` again is a server restart
     with the same sessions and queued messages, on the same port.
     """
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, env: dict[str, str] | None = None, kind: str = "runserver"
+    ) -> None:
+        if kind not in SERVER_KINDS:
+            raise ValueError(f"unknown server kind {kind!r}: one of {SERVER_KINDS}")
+        self.kind = kind
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = servers.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "server.log"
         self.redis_url = _redis_url()
@@ -93,6 +114,7 @@ class Server:
             "PYTHONPATH": str(REPO),
             "SQLITE_PATH": str(workdir / "db.sqlite3"),
             "PYTHONUNBUFFERED": "1",
+            "DJANGO_DEBUG": _DEBUG[kind],
             **(env or {}),
         }
         self.env.pop("REDIS_URL", None)
@@ -125,7 +147,7 @@ class Server:
             self._migrated = True
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
+            [sys.executable, *_serve_command(self.kind, self.port)],
             cwd=REPO,
             env=self.env,
             stdout=log,
@@ -252,3 +274,16 @@ COUNT_UP_JS = """async (times) => {
 def count_up(page: Any, times: int) -> list[int]:
     values: list[int] = page.evaluate(COUNT_UP_JS, times)
     return values
+
+
+def chat(sender: Any, receivers: tuple[Any, ...], name: str, line: str) -> None:
+    """Send ``line`` from the demo's chat form as ``name``; wait until every page shows it."""
+    sender.fill("#chat-name", name)
+    sender.fill("#chat-text", line)
+    sender.get_by_role("button", name="Send").click()
+    for page in receivers:
+        page.wait_for_function(
+            "([name, line]) => [...document.querySelectorAll('#chat-log li')]"
+            ".some((li) => li.textContent.endsWith(name + ': ' + line))",
+            arg=[name, line],
+        )

@@ -6,6 +6,7 @@ They skip, saying why, when Playwright or Debian's Chromium is missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ import pytest
 from tests.browser.browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    KIND_SERVER_HOLD,
     PAGE_TIMEOUT_MS,
+    SERVER_KINDS,
     Server,
     skip_reason,
 )
@@ -39,7 +42,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if report.failed:
         for server in _shared + _servers:
-            report.sections.append((f"server log ({server.url})", server.log_tail()))
+            report.sections.append((f"server log ({server.kind}, {server.url})", server.log_tail()))
     return report
 
 
@@ -77,15 +80,36 @@ def make_server(
     servers.clear()
 
 
+@contextmanager
+def _shared_server(
+    tmp_path_factory: pytest.TempPathFactory, kind: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    shared = Server(tmp_path_factory.mktemp(f"server-{kind}"), env, kind=kind)
+    _shared.append(shared)
+    try:
+        shared.start()
+        yield shared
+    finally:
+        shared.stop()
+        _shared.remove(shared)
+
+
 @pytest.fixture(scope="module")
 def server(chromium: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server shared by the tests of a module that do not stop it."""
-    shared = Server(tmp_path_factory.mktemp("server"))
-    _shared.append(shared)
-    shared.start()
-    yield shared
-    shared.stop()
-    _shared.remove(shared)
+    """One server (runserver) shared by the tests of a module that do not stop it."""
+    with _shared_server(tmp_path_factory, "runserver") as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS, ids=SERVER_KINDS)
+def server_of_kind(
+    request: pytest.FixtureRequest, chromium: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server of each kind in turn, shared by the module's tests of that kind
+    (pytest runs them together, so only one of these runs at a time)."""
+    env = {"TEST_LONGPOLL_TIMEOUT": str(KIND_SERVER_HOLD)}
+    with _shared_server(tmp_path_factory, request.param, env) as shared:
+        yield shared
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from tests.browser.browser_helpers import (
     PAGE_TIMEOUT_MS,
     Server,
+    chat,
     open_page,
     recorded,
     session_key,
@@ -37,18 +38,9 @@ def test_two_sessions_chat_and_markup_stays_text(chromium: Any, server: Server) 
         for ctx in contexts:
             ctx.set_default_timeout(PAGE_TIMEOUT_MS)
         alice, bob = (open_page(ctx) for ctx in contexts)
-        alice.fill("#chat-name", "alice")
         line = '<img src=x onerror="window.__injected = true"> hi bob'
-
-        alice.fill("#chat-text", line)
-        alice.get_by_role("button", name="Send").click()
-
+        chat(alice, (alice, bob), "alice", line)
         for page in (alice, bob):
-            page.wait_for_function(
-                "(line) => [...document.querySelectorAll('#chat-log li')]"
-                ".some((li) => li.textContent.endsWith('alice: ' + line))",
-                arg=line,
-            )
             assert page.locator("#chat-log img").count() == 0
             assert page.evaluate("window.__injected") is None
     finally:

@@ -1,0 +1,55 @@
+"""What the app adjusts in the channel layer that carries its wake-ups.
+
+channels-redis receives with one blocking ``BZPOPMIN`` of ``brpop_timeout``
+seconds (5). redis-py 8 gives every socket read a 5 s timeout by default, so
+with a plain ``"hosts": ["redis://..."]`` each idle receive would end in
+``TimeoutError`` (channels_redis issue 422): an outage every 5 s. Instead of
+asking every project to raise the socket timeout, the hub's layer blocks for
+half of the shortest socket timeout of its hosts, so a read always answers
+before its socket gives up. An idle process then asks Redis a little more often;
+nothing else changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+
+BLOCKING_SHARE = 0.5  # of the socket timeout: the rest is room for the reply
+WHOLE_SECONDS_FROM = 1.0  # seconds: from there on whole seconds, as every Redis takes
+# Below it, fractions, which Redis 6 and newer take (a socket timeout under 2 s).
+
+
+def fit_blocking_receive(layer: BaseChannelLayer) -> None:
+    """Make a channels-redis layer's blocking receive end before its sockets time out.
+
+    It changes this layer object, which the process's other users of the alias
+    share: their receives, if any, then block no longer than that either.
+    """
+    blocking = getattr(layer, "brpop_timeout", None)
+    if not isinstance(blocking, int | float) or not hasattr(layer, "create_pool"):
+        return  # not channels-redis's RedisChannelLayer
+    try:
+        timeouts = [t for t in map(_socket_timeout, _pools(layer)) if t is not None]
+    except Exception:
+        return  # a host it cannot make a pool for: its first receive fails, as an outage
+    fitted = min(timeouts, default=math.inf) * BLOCKING_SHARE
+    if fitted < blocking:
+        layer.brpop_timeout = int(fitted) if fitted >= WHOLE_SECONDS_FROM else fitted
+
+
+def _pools(layer: Any) -> list[Any]:
+    # The pools the layer would make: redis-py reads socket_timeout from the
+    # host's dict or its URL's query. Making a pool opens no connection.
+    return [layer.create_pool(index) for index in range(len(layer.hosts))]
+
+
+def _socket_timeout(pool: Any) -> float | None:
+    try:
+        # A connection object, never connected: it holds redis-py's own default.
+        timeout = pool.connection_class(**pool.connection_kwargs).socket_timeout
+    except Exception:
+        return None  # a pool of another kind: leave the layer as configured
+    return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None

@@ -1,0 +1,76 @@
+"""The hub's channels-redis layer blocks for less than its sockets' timeout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
+
+from longpoll_app.layers import fit_blocking_receive
+
+URL = "redis://127.0.0.1:6379/14"
+
+
+def redis_py_default_timeout() -> float | None:
+    from redis.asyncio import Connection
+
+    default = Connection().socket_timeout  # never connected
+    return None if default is None else float(default)
+
+
+def fitted(*hosts: Any) -> float:
+    layer = RedisChannelLayer(hosts=list(hosts))
+    fit_blocking_receive(layer)
+    return float(layer.brpop_timeout)
+
+
+def test_a_plain_url_blocks_for_half_of_redis_pys_own_timeout() -> None:
+    default = redis_py_default_timeout()
+    if default is None or default > RedisChannelLayer.brpop_timeout:
+        assert fitted(URL) == RedisChannelLayer.brpop_timeout  # nothing to fit
+    else:
+        assert fitted(URL) == int(default / 2)
+        assert 0 < fitted(URL) < default
+
+
+@pytest.mark.parametrize(
+    ("host", "blocking"),
+    [
+        (f"{URL}?socket_timeout=3", 1),  # whole seconds from 1 s: older Redis wants them
+        (f"{URL}?socket_timeout=1", 0.5),
+        ({"address": URL, "socket_timeout": 0.4}, 0.2),
+        ({"host": "127.0.0.1", "port": 6379, "socket_timeout": 2}, 1),
+        ({"sentinels": [("127.0.0.1", 26379)], "master_name": "m", "socket_timeout": 1}, 0.5),
+        ({"address": URL, "socket_timeout": 15}, RedisChannelLayer.brpop_timeout),
+        ({"address": URL, "socket_timeout": 8}, 4),  # longer than the receive, not by twice
+        ({"address": URL, "socket_timeout": None}, RedisChannelLayer.brpop_timeout),
+    ],
+)
+def test_the_socket_timeout_is_read_where_redis_py_reads_it(host: Any, blocking: float) -> None:
+    assert fitted(host) == blocking
+
+
+def test_the_shortest_host_decides() -> None:
+    assert fitted({"address": URL, "socket_timeout": 15}, f"{URL}?socket_timeout=1") == 0.5
+
+
+def test_the_project_settings_are_left_as_they_were() -> None:
+    host = {"address": URL, "socket_timeout": 1}
+    layer = RedisChannelLayer(hosts=[host])
+    fit_blocking_receive(layer)
+    assert host == {"address": URL, "socket_timeout": 1}
+    assert RedisChannelLayer.brpop_timeout == 5  # the class, and so other layers, unchanged
+
+
+def test_a_host_it_cannot_make_a_pool_for_is_left_to_fail_at_its_first_receive() -> None:
+    layer = RedisChannelLayer(hosts=[{"address": "nonsense://"}])
+    fit_blocking_receive(layer)
+    assert layer.brpop_timeout == RedisChannelLayer.brpop_timeout
+
+
+def test_other_layers_are_left_alone() -> None:
+    layer = InMemoryChannelLayer()
+    fit_blocking_receive(layer)
+    assert not hasattr(layer, "brpop_timeout")
