@@ -286,6 +286,17 @@ class Settings:
         "None: staff users only",
     )
 
+    LONGPOLL_DRAIN_TIMEOUT = Setting(
+        default=2.0,  # seconds; 0: the server's own SIGTERM behaviour
+        convert=float,
+        is_valid=non_negative_number,
+        accepted="a positive number of seconds, or 0 to leave SIGTERM to the server",
+        check_id="longpoll_app.E119",
+        doc="on SIGTERM, held polls are answered at once and connections closed; the server "
+        "is told to stop when none is held, or after this many seconds; 0 leaves SIGTERM "
+        "to the server",
+    )
+
     def __init__(self) -> None:
         self._values: dict[str, Any] = {}  # converted values read so far, by name
         self._source: object = None  # the settings object they were read from

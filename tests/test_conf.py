@@ -41,7 +41,7 @@ def test_the_table_is_the_class_attributes_in_order() -> None:
     assert [s.name for s in SETTINGS] == attributes
     assert all(getattr(Settings, s.name) is s for s in SETTINGS)
     assert all(s.name.startswith("LONGPOLL_") for s in SETTINGS)
-    assert len(SETTINGS) == 18
+    assert len(SETTINGS) == 19
 
 
 def test_defaults_are_derived_from_the_table() -> None:
