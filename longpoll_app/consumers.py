@@ -25,7 +25,7 @@ from django.contrib.auth import get_user
 from django.core.handlers.asgi import ASGIRequest
 from django.db import InterfaceError, OperationalError, transaction
 
-from . import handlers, queue, sessions
+from . import handlers, process, queue, sessions
 from .conf import conf
 from .hold import Ended, hold
 from .limits import TokenBuckets
@@ -199,6 +199,9 @@ async def send_answer(send: Any, answer: Answer, path: str) -> None:
         body = dumps(payload)
     headers = list(JSON_HEADERS) if payload is not None else JSON_HEADERS[1:]
     headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+    if process.draining() and "Connection" not in extra:
+        # The server is stopping: the next request goes to another one.
+        headers.append((b"connection", b"close"))
     if status not in NO_BODY_STATUSES:
         headers.append((b"content-length", str(len(body)).encode()))
     try:

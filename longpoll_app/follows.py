@@ -51,6 +51,7 @@ class Follows:
         self.loop = loop
         self.by_key: dict[str, Follow] = {}
         self.by_pk: dict[int, Follow] = {}
+        self.draining = False  # the process is stopping: no poll waits any more
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -109,6 +110,9 @@ class Follows:
         ``timeout`` seconds. A future rather than a coroutine: thousands are
         held at once, and a coroutine's frame would be one more object each."""
         waiter: asyncio.Future[bool] = self.loop.create_future()
+        if self.draining:
+            waiter.set_result(False)  # answer now, as if the hold ran out
+            return waiter
         timer = self.loop.call_later(timeout, _resolve, waiter, False)
         follow.waiters.add(waiter)
         waiter.add_done_callback(functools.partial(_forget_waiter, follow, timer))
@@ -155,6 +159,14 @@ class Follows:
         """Answer the session's held polls now, empty, as if the hold ran out."""
         follow = self.by_pk.get(session_pk)
         if follow is not None:
+            for waiter in follow.waiters:
+                _resolve(waiter, False)
+
+    def drain(self) -> None:
+        """The process is stopping: answer every held poll now, empty, and let
+        no poll wait from now on (their browsers poll again, elsewhere)."""
+        self.draining = True
+        for follow in self.by_key.values():
             for waiter in follow.waiters:
                 _resolve(waiter, False)
 

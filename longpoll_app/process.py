@@ -8,9 +8,13 @@ deployment page ("What the app changes in the process"):
   unless ``LONGPOLL_GC_INTERVAL = 0``.
 * **A send loop** (``run_in_send_loop``): one event loop in a daemon thread
   for the channel-layer sends of sync code, started on the first such send.
+* **A SIGTERM handler** (``drain_on_sigterm``) in front of the server's own, in
+  a process that holds polls, unless ``LONGPOLL_DRAIN_TIMEOUT = 0``: it answers
+  the held polls before the server stops.
 
-Both hold up across ``os.fork()`` (a child gets Python's collector back, and
-a send loop of its own) and neither keeps the process alive at exit.
+They hold up across ``os.fork()`` (a child gets Python's collector back, a
+send loop of its own, and the server's SIGTERM handling) and none keeps the
+process alive at exit.
 
 Paced collection
 ----------------
@@ -38,11 +42,16 @@ import asyncio
 import atexit
 import contextlib
 import gc
+import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from types import FrameType
 from typing import Any
+
+log = logging.getLogger("longpoll_app")
 
 # -- paced garbage collection ----------------------------------------------------
 
@@ -186,9 +195,117 @@ def _drain_at_exit() -> None:
         current.drain()
 
 
+# -- draining on SIGTERM ----------------------------------------------------------
+#
+# Neither server answers a held poll when told to stop: uvicorn waits for each
+# one's hold to end, daphne drops them. And neither tells the app in time:
+# uvicorn sends lifespan.shutdown only once every connection has closed, daphne
+# sends no lifespan at all. So the app takes SIGTERM itself, answers what it
+# holds, and then hands the signal on to the handler that was there before.
+
+DRAIN_STEP = 0.05  # seconds between looks at how many polls are still held
+DRAIN_FLUSH = 0.1  # seconds for the last answers to leave before the server stops
+
+Handler = Callable[[int, FrameType | None], Any] | int | None  # what signal.getsignal gives
+
+
+class _Drain:
+    """The SIGTERM handler: drain on ``loop``, then call ``previous``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        start: Callable[[], None],
+        held: Callable[[], int],
+        timeout: float,
+        previous: Handler,
+    ) -> None:
+        self.pid = os.getpid()
+        self.loop = loop
+        self.start = start
+        self.held = held
+        self.timeout = timeout
+        self.previous = previous
+        self.task: asyncio.Task[None] | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        # A signal handler: only hand work to the loop (no logging, no locks here).
+        global _draining
+        if _draining or self.pid != os.getpid() or self.loop.is_closed():
+            self.hand_on(signum)  # a second SIGTERM, or nothing left to drain: stop now
+            return
+        _draining = True
+        self.loop.call_soon_threadsafe(self._begin, signum)
+
+    def _begin(self, signum: int) -> None:
+        held = self.held()
+        log.info("longpoll: SIGTERM: answering %d held polls, then stopping", held)
+        self.start()
+        self.task = self.loop.create_task(self._hand_on_when_drained(signum))
+
+    async def _hand_on_when_drained(self, signum: int) -> None:
+        deadline = self.loop.time() + self.timeout
+        while self.held() and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_STEP)
+        await asyncio.sleep(DRAIN_FLUSH)
+        self.hand_on(signum)
+
+    def hand_on(self, signum: int) -> None:
+        """What SIGTERM would have done without the app."""
+        previous = self.previous
+        if callable(previous):
+            previous(signum, None)
+        else:  # SIG_DFL (a handler that ignored it is never replaced): end the process
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+
+_drain: _Drain | None = None
+_draining = False
+
+
+def draining() -> bool:
+    """True once SIGTERM came: every answer closes its connection."""
+    return _draining
+
+
+def drain_on_sigterm(
+    loop: asyncio.AbstractEventLoop,
+    start: Callable[[], None],
+    held: Callable[[], int],
+    timeout: float,
+) -> None:
+    """On SIGTERM, call ``start`` on ``loop`` (it answers the held polls), wait
+    until ``held()`` is 0 (at most ``timeout`` seconds), then hand the signal to
+    the handler that was there before: the server's, which stops it.
+
+    Only from the main thread (where Python runs signal handlers, and both
+    servers run their loop); ``timeout`` 0, or SIGTERM ignored: left alone."""
+    global _drain
+    if timeout <= 0 or threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    installed = _drain if _drain is not None and current == _drain.handle else None
+    if installed and installed.pid == os.getpid() and not installed.loop.is_closed():
+        return  # installed, in this process, on a loop that still runs
+    previous = installed.previous if installed else current
+    if previous in (signal.SIG_IGN, None):
+        return  # the process was told to ignore SIGTERM (or a C handler has it)
+    _drain = _Drain(loop, start, held, timeout, previous)
+    signal.signal(signal.SIGTERM, _drain.handle)
+
+
+def _drain_after_fork_in_child() -> None:
+    # The child has its own connections and none of the parent's polls; its
+    # handler (inherited) hands SIGTERM straight on (``_Drain.pid``).
+    global _draining
+    _draining = False
+
+
 def _after_fork_in_child() -> None:
     _collector_after_fork_in_child()
     _send_loop_after_fork_in_child()
+    _drain_after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):  # Windows has no fork

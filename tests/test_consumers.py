@@ -10,9 +10,10 @@ import pytest
 from asgiref.sync import sync_to_async
 
 import longpoll_app
+from longpoll_app import process
 from longpoll_app.api import send_to_session
 from longpoll_app.models import ClientMessage, LongpollSession, Message
-from longpoll_app.runtime import current_hub
+from longpoll_app.runtime import current_hub, drain_hubs
 
 from .conftest import Browser
 
@@ -51,6 +52,28 @@ async def test_idle_poll_answers_empty_after_the_hold(browser: Browser, settings
     assert response.body == b""
     assert response.headers["cache-control"] == "no-store"
     assert "content-length" not in response.headers  # RFC 9110, 8.6: never on a 204
+
+
+async def test_a_drain_answers_held_and_new_polls_at_once_and_closes(
+    browser: Browser, registered: Any, monkeypatch: Any
+) -> None:
+    """SIGTERM's drain (process.drain_on_sigterm calls these two): the browser
+    polls again at once, on a new connection, which goes to another server."""
+    held = browser.start({"cursor": None})
+    assert not await held.answered_within(0.3)
+    monkeypatch.setattr(process, "_draining", True)
+    drain_hubs()
+    response = await held.response(timeout=1.0)
+    assert (response.status, response.headers["connection"]) == (204, "close")
+    again = await browser.poll(None, timeout=1.0)  # arrives during the drain: not held
+    assert (again.status, again.headers["connection"]) == (204, "close")
+    await asend(browser.session_key, "late", 1)  # pending messages still go out, and close
+    batch = await browser.poll(None, timeout=1.0)
+    assert batch.json()["messages"] == [{"id": 1, "type": "late", "data": 1}]
+    assert batch.headers["connection"] == "close"
+    longpoll_app.handler("note")(lambda session_key, user, data: None)
+    sent = await browser.send("c-1", "note", "x")
+    assert (sent.status, sent.headers["connection"]) == (200, "close")
 
 
 async def test_empty_status_can_be_304_for_old_clients(browser: Browser, settings: Any) -> None:

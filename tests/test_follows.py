@@ -74,3 +74,16 @@ async def test_a_timer_answers_false_and_leaves_no_waiter_behind() -> None:
     follow = follows.follow(KEY, covered=True)
     assert await follows.wait(follow, 0.01) is False
     assert follow.waiters == set()
+
+
+async def test_drain_answers_the_held_polls_empty_and_no_poll_waits_after() -> None:
+    follows = registry()
+    follow = follows.follow(KEY, covered=True)
+    follows.attach(follow, SessionRecord(pk=1, last_id=0, acked_id=0), 0.0)
+    held = [follows.wait(follow, 5.0) for _ in range(3)]
+    follows.drain()
+    assert [await waiter for waiter in held] == [False, False, False]  # as if the hold ran out
+    later = follows.wait(follow, 5.0)
+    assert later.done() and later.result() is False
+    await asyncio.sleep(0)  # the done callbacks that forget the waiters
+    assert follow.waiters == set()

@@ -146,3 +146,27 @@ async def test_closing_a_hub_that_was_replaced_keeps_its_successor() -> None:
     stray = Hub(asyncio.get_running_loop(), None)  # same loop, never registered
     await runtime.close_hub(stray)
     assert runtime.current_hub() is hub and hub in runtime.running_hubs()
+
+
+async def test_the_first_hub_drains_on_sigterm_with_the_setting(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(process, "drain_on_sigterm", lambda *args: calls.append(args))
+    settings.LONGPOLL_DRAIN_TIMEOUT = 1.5
+    hub = runtime.current_hub()
+    runtime.current_hub()  # once per hub
+    assert calls == [(hub.loop, runtime.drain_hubs, runtime.held_polls, 1.5)]
+
+
+async def test_drain_hubs_answers_the_polls_of_every_running_hub() -> None:
+    here = runtime.current_hub()
+    follow = here.follows.follow("k" * 32, covered=True)
+    waiter = here.follows.wait(follow, 5.0)
+    here.follows.hold_starts(follow)
+    assert runtime.held_polls() == 1
+    runtime.drain_hubs()  # from the signal's loop callback: each hub on its own loop
+    assert await asyncio.wait_for(waiter, 1.0) is False
+    assert here.follows.draining
+    here.follows.hold_ends(follow)
+    assert runtime.held_polls() == 0
