@@ -4,11 +4,18 @@ Embedded default: SQLite and an in-process channel layer, served by
 ``manage.py runserver`` (daphne). Set ``DATABASE_URL`` for PostgreSQL and
 ``REDIS_URL`` for channels-redis; then any number of server processes can share
 the sessions, with no sticky sessions.
+
+For a Redis watched by Sentinel, set ``REDIS_SENTINELS`` to the sentinels'
+addresses, comma-separated (``127.0.0.1:26379,127.0.0.1:26380,[::1]:26381``), and
+``REDIS_SENTINEL_MASTER`` to the name they monitor it by (default ``mymaster``).
+channels-redis then asks the sentinels for the master, and again after a
+failover. ``REDIS_SENTINELS`` wins over ``REDIS_URL`` when both are set.
 """
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -108,12 +115,33 @@ else:
         }
     }
 
-if os.environ.get("REDIS_URL"):
+
+def _address(entry: str) -> tuple[str, int]:
+    host, _, port = entry.strip().rpartition(":")
+    return host.strip("[]"), int(port)  # "[::1]:26379" as well as "127.0.0.1:26379"
+
+
+_redis_hosts: list[Any] = []
+if os.environ.get("REDIS_SENTINELS"):
+    # channels-redis's Sentinel form of a host: the master's connections are
+    # made to whatever address the sentinels give for master_name.
+    _redis_hosts = [
+        {
+            "sentinels": [
+                _address(e) for e in os.environ["REDIS_SENTINELS"].split(",") if e.strip()
+            ],
+            "master_name": os.environ.get("REDIS_SENTINEL_MASTER", "mymaster"),
+        }
+    ]
+elif os.environ.get("REDIS_URL"):
+    _redis_hosts = [os.environ["REDIS_URL"]]
+
+if _redis_hosts:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [os.environ["REDIS_URL"]],
+                "hosts": _redis_hosts,
                 # One hub channel per process receives every wake-up for the
                 # sessions it holds polls for: give it room for bursts.
                 "capacity": 10_000,
