@@ -12,11 +12,12 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.http import HttpRequest
 
-from . import process, queue, sessions
+from . import process, queue, sessions, transports
 from .follows import END, END_KEY, RELEASE, WAKE
 from .hub import shared_layer
 from .protocol import check_data, validate_type
 from .runtime import running_hubs
+from .transports import notify
 
 log = logging.getLogger("longpoll_app")
 
@@ -237,10 +238,10 @@ def wake_on_commit(queued: queue.Queued) -> None:
 def wake(queued: queue.Queued) -> None:
     """Wake the polls held for a session, in this process and in every other."""
     # Idempotent (a hub ignores an id it knows), so this process's hubs are told
-    # at once, and again through the layer, which reaches every other process.
+    # at once, and again through the transport, which reaches every other process.
     order = {"type": WAKE, "pk": queued.session_pk, "last_id": queued.seq}
     _tell_local_hubs(order)
-    _group_send(queued.group, order)
+    _tell_other_processes(queued.group, order)
 
 
 def _tell_local_hubs(order: dict[str, Any]) -> None:
@@ -249,8 +250,21 @@ def _tell_local_hubs(order: dict[str, Any]) -> None:
             hub.loop.call_soon_threadsafe(hub.dispatch, order)
 
 
-# True from a failed group_send to the next one that works: an outage is
-# logged once, not once per message sent during it.
+def _tell_other_processes(group: str, order: dict[str, Any]) -> bool:
+    """Send an order the way the hubs listen (``LONGPOLL_TRANSPORT``), which
+    reaches this process's hubs too; True if it was taken. The store watcher
+    needs nothing sent: it finds the message in the store."""
+    layer = shared_layer()
+    kind = transports.chosen(layer is not None)
+    if kind == transports.POSTGRES:
+        return _notify(order)
+    if kind == transports.LAYER:
+        return _group_send(group, order)
+    return False
+
+
+# True from a failed wake-up through the transport to the next one that works:
+# an outage is logged once, not once per message sent during it.
 _layer_failing = False
 
 
@@ -269,16 +283,49 @@ def _group_send(group: str, message: dict[str, Any]) -> bool:
     return True
 
 
-def _note_layer_failure(group: str, exc: BaseException) -> None:
+NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
+
+
+def _notify(order: dict[str, Any]) -> bool:
+    """NOTIFY every hub listening on the database; True if it took the order.
+
+    Inside a transaction, at its commit: as a NOTIFY would, it tells of nothing
+    that was rolled back. Run on its own (after the commit), so that a failing
+    NOTIFY cannot abort the caller's transaction: the message is stored anyway.
+    """
+    if transaction.get_connection().in_atomic_block:
+
+        def at_commit() -> None:
+            if not _notify_now(order):
+                _tell_local_hubs(order)  # as _tell_hubs would have, had it not waited
+
+        transaction.on_commit(at_commit)
+        return True
+    return _notify_now(order)
+
+
+def _notify_now(order: dict[str, Any]) -> bool:
+    global _layer_failing
+    try:
+        with transaction.get_connection().cursor() as cursor:
+            cursor.execute(NOTIFY_SQL, [notify.CHANNEL, notify.encode(order)])
+    except Exception as exc:
+        _note_layer_failure(notify.CHANNEL, exc, via="PostgreSQL NOTIFY")
+        return False
+    _layer_failing = False
+    return True
+
+
+def _note_layer_failure(group: str, exc: BaseException, via: str = "the channel layer") -> None:
     # The message is safe in the store; the next poll of the session reads it.
     global _layer_failing
     level = logging.DEBUG if _layer_failing else logging.WARNING
     _layer_failing = True
     log.log(
         level,
-        "longpoll: could not wake %s through the channel layer: %s "
-        "(logged once until the layer answers again)",
+        "longpoll: could not wake %s through %s: %s (logged once until it works again)",
         group,
+        via,
         exc,
     )
 
@@ -286,12 +333,12 @@ def _note_layer_failure(group: str, exc: BaseException) -> None:
 def _tell_hubs(group: str, order: dict[str, Any]) -> None:
     """Deliver an order (end, release) to every hub exactly once.
 
-    Through the shared layer when there is one: it reaches this process's hub
-    too, and calling that hub directly as well would let the late copy from the
-    layer hit the poll the browser made in answer to the first. Directly when
-    there is no shared layer, or it is down.
+    Through the transport when it carries orders: it reaches this process's
+    hub too, and calling that hub directly as well would let the late copy hit
+    the poll the browser made in answer to the first. Directly when the
+    transport is the store watcher, or it is down.
     """
-    if not _group_send(group, order):
+    if not _tell_other_processes(group, order):
         _tell_local_hubs(order)
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.utils.module_loading import import_string
 
 from .conf import SETTINGS, Settings
 
@@ -77,3 +80,40 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_transport(**kwargs: Any) -> list[CheckMessage]:
+    """A transport chosen by name must be able to work: refused here, not at
+    the first poll (which would fall back to the store watcher)."""
+    setting = Settings.LONGPOLL_TRANSPORT
+    wanted = getattr(settings, setting.name, setting.default)
+    if wanted == "layer" and not _shared_layer_configured():
+        alias = getattr(settings, "LONGPOLL_CHANNEL_LAYER", "default")
+        why = f"CHANNEL_LAYERS[{alias!r}] is no layer shared between processes"
+    elif wanted == "postgres" and connections[DEFAULT_DB_ALIAS].vendor != "postgresql":
+        why = f"the default database is {connections[DEFAULT_DB_ALIAS].vendor}, not PostgreSQL"
+    else:
+        return []
+    return [
+        Error(
+            f"LONGPOLL_TRANSPORT {wanted!r} cannot work: {why}.",
+            hint="Use 'auto', which picks what the setup has, or 'watcher'.",
+            id="longpoll_app.E005",
+        )
+    ]
+
+
+def _shared_layer_configured() -> bool:
+    """Whether the alias names a layer other processes share (as ``hub.shared_layer``
+    decides, from the settings alone: a check makes no layer)."""
+    alias = getattr(settings, "LONGPOLL_CHANNEL_LAYER", "default")
+    config = getattr(settings, "CHANNEL_LAYERS", {}).get(alias) if isinstance(alias, str) else None
+    backend = config.get("BACKEND") if isinstance(config, dict) else None
+    if not isinstance(backend, str):
+        return False
+    try:
+        layer_class = import_string(backend)
+    except ImportError:
+        return False  # channels itself fails on it at the first use
+    return not (isinstance(layer_class, type) and issubclass(layer_class, InMemoryChannelLayer))

@@ -106,6 +106,13 @@ def empty_status(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value in (204, 304)
 
 
+TRANSPORTS = ("auto", "layer", "postgres", "watcher")  # LONGPOLL_TRANSPORT's values
+
+
+def transport_name(value: Any) -> bool:
+    return isinstance(value, str) and value in TRANSPORTS
+
+
 def channel_layer_alias(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
@@ -295,6 +302,17 @@ class Settings:
         doc="on SIGTERM, held polls are answered at once and connections closed; the server "
         "is told to stop when none is held, or after this many seconds; 0 leaves SIGTERM "
         "to the server",
+    )
+    LONGPOLL_TRANSPORT = Setting(
+        default="auto",
+        convert=str,
+        is_valid=transport_name,
+        accepted="one of " + ", ".join(map(repr, TRANSPORTS)),
+        check_id="longpoll_app.E120",
+        doc="how wake-ups reach other processes: 'layer' (the shared channel layer), "
+        "'postgres' (LISTEN/NOTIFY), 'watcher' (a look at the queue every "
+        "LONGPOLL_WATCH_INTERVAL); 'auto': the shared layer if there is one, else "
+        "PostgreSQL if the database is PostgreSQL, else the watcher",
     )
 
     def __init__(self) -> None:

@@ -7,8 +7,8 @@ Polls wait on those futures; they are resolved when a wake-up for the session
 arrives, so holding costs nothing but the future and one timer.
 
 Wake-ups from other processes arrive through one ``Transport``
-(``transports``): the shared channel layer, or without one, a watcher of the
-queue. Session checks and acknowledgements of the polls that arrive together
+(``transports``): the shared channel layer, PostgreSQL's LISTEN/NOTIFY, or a
+watcher of the queue. Session checks and acknowledgements of the polls that arrive together
 go to the database in one trip each (``coalesce``).
 
 A follow's ``last_id`` is trusted only while the transport was working before
@@ -30,9 +30,8 @@ from .coalesce import Coalescer, Pace
 from .conf import conf
 from .follows import Follow, Follows
 from .sessions import SessionRecord
+from .transports import make_transport
 from .transports.base import Transport
-from .transports.layer import LayerTransport
-from .transports.watcher import StoreWatcher
 
 log = logging.getLogger("longpoll_app")
 
@@ -58,9 +57,7 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop, layer: BaseChannelLayer | None) -> None:
         self.loop = loop
         self.follows = Follows(loop)
-        self.transport: Transport = (
-            StoreWatcher(self.follows) if layer is None else LayerTransport(self.follows, layer)
-        )
+        self.transport: Transport = make_transport(self.follows, layer)
         self.checks: Coalescer[str, Client, SessionRecord] = Coalescer(
             loop, _check_sessions, _first, CHECKS, "check sessions"
         )

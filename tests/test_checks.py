@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from longpoll_app import conf as conf_module
-from longpoll_app.checks import RETIRED_CHECK_IDS, check_sessions, check_settings
+from longpoll_app.checks import RETIRED_CHECK_IDS, check_sessions, check_settings, check_transport
 from longpoll_app.conf import SETTINGS, Setting
 
 TOKEN = "A" * 43  # as long as secrets.token_urlsafe(32)'s
@@ -35,8 +35,16 @@ PUBLISHED_IDS = {
     "LONGPOLL_CLEANUP_BATCH": "longpoll_app.E116",
     "LONGPOLL_GC_INTERVAL": "longpoll_app.E117",
     "LONGPOLL_METRICS_TOKEN": "longpoll_app.E118",
+    "LONGPOLL_DRAIN_TIMEOUT": "longpoll_app.E119",
+    "LONGPOLL_TRANSPORT": "longpoll_app.E120",
 }
-OTHER_IDS = {"longpoll_app.E001", "longpoll_app.E002", "longpoll_app.E004", "longpoll_app.W002"}
+OTHER_IDS = {
+    "longpoll_app.E001",
+    "longpoll_app.E002",
+    "longpoll_app.E004",
+    "longpoll_app.E005",
+    "longpoll_app.W002",
+}
 
 NAN, INF = float("nan"), float("inf")
 NOT_NUMBERS = ["10", b"10", None, True, False, [1.0], 1j]
@@ -50,6 +58,7 @@ BAD: dict[Callable[[Any], bool], list[Any]] = {
     conf_module.empty_status: [200, 204.0, 304.0, "204", True, None, 0, 2040],
     conf_module.channel_layer_alias: ["", None, 5, True, b"default", ["default"]],
     conf_module.bearer_token_or_none: ["", "x", TOKEN[:31], " " + TOKEN, 12345, True],
+    conf_module.transport_name: ["", "redis", "Auto", "postgresql", None, True, ["auto"]],
 }
 GOOD: dict[Callable[[Any], bool], list[Any]] = {
     conf_module.positive_number: [1, 0.001, 30, 2.5, 1e6],
@@ -58,6 +67,7 @@ GOOD: dict[Callable[[Any], bool], list[Any]] = {
     conf_module.empty_status: [204, 304],
     conf_module.channel_layer_alias: ["default"],  # the one CHANNEL_LAYERS has (conftest)
     conf_module.bearer_token_or_none: [None, TOKEN, TOKEN[:32]],
+    conf_module.transport_name: ["auto", "layer", "postgres", "watcher"],
 }
 
 
@@ -76,6 +86,7 @@ def cases(values: dict[Callable[[Any], bool], list[Any]]) -> list[Any]:
 def test_default_setup_passes() -> None:
     assert check_sessions() == []
     assert check_settings() == []
+    assert check_transport() == []
 
 
 def test_signed_cookie_sessions_are_refused(settings: Any) -> None:
@@ -154,3 +165,51 @@ def test_a_removed_setting_is_named(settings: Any) -> None:
 def test_unknown_channel_layer_alias(settings: Any) -> None:
     settings.LONGPOLL_CHANNEL_LAYER = "pushes"
     assert ids(check_settings()) == ["longpoll_app.E004"]
+
+
+REDIS_LAYER = {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": []}}
+MEMORY_LAYER = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+
+
+@pytest.mark.parametrize(
+    ("transport", "layers", "vendor", "refused"),
+    [
+        ("auto", {}, "sqlite", False),  # auto picks what the setup has
+        ("watcher", {}, "sqlite", False),  # works anywhere
+        ("layer", {"default": REDIS_LAYER}, "sqlite", False),
+        ("layer", {"default": MEMORY_LAYER}, "postgresql", True),  # reaches no other process
+        ("layer", {}, "postgresql", True),
+        ("layer", {"default": {"BACKEND": "no.such.Layer"}}, "postgresql", True),
+        ("postgres", {"default": REDIS_LAYER}, "postgresql", False),
+        ("postgres", {"default": REDIS_LAYER}, "sqlite", True),
+        ("redis", {}, "sqlite", False),  # E120's to refuse, not this check's
+    ],
+)
+def test_a_transport_that_cannot_work_is_refused_at_start_up(
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+    layers: dict[str, Any],
+    vendor: str,
+    refused: bool,
+) -> None:
+    from django.db import connection
+
+    settings.LONGPOLL_TRANSPORT = transport
+    settings.CHANNEL_LAYERS = layers
+    monkeypatch.setattr(connection, "vendor", vendor)
+    errors = check_transport()
+    assert ids(errors) == (["longpoll_app.E005"] if refused else [])
+    if refused:
+        assert errors[0].msg.startswith(f"LONGPOLL_TRANSPORT {transport!r} cannot work: ")
+        assert (vendor in errors[0].msg) == (transport == "postgres")
+
+
+def test_the_transport_check_looks_at_the_configured_alias(settings: Any) -> None:
+    settings.LONGPOLL_TRANSPORT = "layer"
+    settings.CHANNEL_LAYERS = {"default": MEMORY_LAYER, "pushes": REDIS_LAYER}
+    settings.LONGPOLL_CHANNEL_LAYER = "pushes"
+    assert check_transport() == []
+    settings.LONGPOLL_CHANNEL_LAYER = "default"
+    [error] = check_transport()
+    assert "CHANNEL_LAYERS['default']" in error.msg

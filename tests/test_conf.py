@@ -29,6 +29,7 @@ GOOD_VALUES: dict[Callable[[Any], bool], Any] = {
     conf_module.empty_status: 304,
     conf_module.channel_layer_alias: "default",  # the one CHANNEL_LAYERS has (conftest)
     conf_module.bearer_token_or_none: "A" * 43,
+    conf_module.transport_name: "watcher",
 }
 
 
@@ -41,7 +42,7 @@ def test_the_table_is_the_class_attributes_in_order() -> None:
     assert [s.name for s in SETTINGS] == attributes
     assert all(getattr(Settings, s.name) is s for s in SETTINGS)
     assert all(s.name.startswith("LONGPOLL_") for s in SETTINGS)
-    assert len(SETTINGS) == 19
+    assert len(SETTINGS) == 20
 
 
 def test_defaults_are_derived_from_the_table() -> None:

@@ -1,5 +1,7 @@
 """How wake-ups from other processes reach a hub: the base's trust rule and
-outage bookkeeping, the store watcher, and the channel-layer transport."""
+outage bookkeeping, the choice of a transport, the store watcher, and the
+channel-layer transport (PostgreSQL's, against a real database:
+test_transports_notify.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ from longpoll_app.follows import END, WAKE, Follow, Follows
 from longpoll_app.hub import Hub
 from longpoll_app.runtime import current_hub
 from longpoll_app.sessions import SessionRecord
+from longpoll_app.transports import chosen, make_transport
 from longpoll_app.transports import layer as layer_transport
 from longpoll_app.transports.base import Transport
 from longpoll_app.transports.layer import LAYER_CONCURRENCY, PROBE_GROUP, LayerTransport
+from longpoll_app.transports.notify import NotifyTransport, decode, encode
+from longpoll_app.transports.notify import connection_params as notify_params
 from longpoll_app.transports.watcher import StoreWatcher
 
 from .conftest import REDIS_URL, Browser, flush_redis, new_session_key, use_redis_layer
@@ -135,6 +140,12 @@ TRANSPORTS: list[Any] = [
         "channel layer reachable again",
         id="layer",
     ),
+    pytest.param(
+        NotifyTransport,
+        "PostgreSQL LISTEN connection lost",
+        "PostgreSQL LISTEN connection back",
+        id="postgres",
+    ),
 ]
 
 
@@ -158,6 +169,105 @@ async def test_an_outage_is_logged_once_and_counted(
         transport.failed(ConnectionError("refused again"))
     assert transport.state() == {"outage": 1, "outages": 2}  # a second outage, logged again
     assert len(app_log(caplog, logging.ERROR)) == 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda follows: LayerTransport(follows, InMemoryChannelLayer()), NotifyTransport],
+    ids=["layer", "postgres"],
+)
+async def test_a_lost_transport_answers_held_polls_and_a_recovered_one_again(
+    make: Callable[[Follows], Transport],
+) -> None:
+    """The behaviour the layer and PostgreSQL transports share (base.py): what
+    the hub knew may be stale, so held polls read the store, at once and again
+    when wake-ups arrive once more."""
+    follows = registry()
+    transport = make(follows)
+    transport.recovered()
+    follow = attached(follows, KEY, 7, covered=True)
+    assert transport.is_trusted(follow)
+    held = follows.wait(follow, 5.0)
+    transport.failed(ConnectionError("gone"))
+    assert await asyncio.wait_for(held, 1.0) is True
+    assert transport.since == INF and not transport.is_trusted(follow)
+    during = follows.wait(follow, 5.0)
+    before = transport.loop.time()
+    transport.recovered()
+    assert await asyncio.wait_for(during, 1.0) is True
+    assert before <= transport.since <= transport.loop.time() and transport.is_ready()
+
+
+# -- choosing the transport (LONGPOLL_TRANSPORT) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "shared_layer", "vendor", "kind"),
+    [
+        ("auto", True, "postgresql", "layer"),
+        ("auto", True, "sqlite", "layer"),
+        ("auto", False, "postgresql", "postgres"),
+        ("auto", False, "sqlite", "watcher"),
+        ("layer", True, "sqlite", "layer"),
+        ("postgres", True, "postgresql", "postgres"),  # Redis configured, yet not used
+        ("watcher", True, "postgresql", "watcher"),
+        # What the system checks refuse (E005, E120) falls back to what always works.
+        ("layer", False, "postgresql", "watcher"),
+        ("postgres", False, "sqlite", "watcher"),
+        ("redis", False, "postgresql", "postgres"),
+    ],
+)
+def test_the_transport_follows_the_setting_and_the_setup(
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    shared_layer: bool,
+    vendor: str,
+    kind: str,
+) -> None:
+    from django.db import connection
+
+    settings.LONGPOLL_TRANSPORT = setting
+    monkeypatch.setattr(connection, "vendor", vendor)
+    assert chosen(shared_layer) == kind
+
+
+async def test_a_hub_gets_the_chosen_transport(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    follows = registry()
+    assert isinstance(make_transport(follows, InMemoryChannelLayer()), LayerTransport)
+    settings.LONGPOLL_TRANSPORT = "watcher"
+    assert isinstance(make_transport(follows, None), StoreWatcher)
+    assert "cannot work" not in caplog.text
+    settings.LONGPOLL_TRANSPORT = "postgres"
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        assert isinstance(make_transport(follows, None), NotifyTransport)
+    else:
+        with caplog.at_level(logging.ERROR, logger="longpoll_app"):
+            assert isinstance(make_transport(follows, None), StoreWatcher)
+        [error] = app_log(caplog, logging.ERROR)
+        assert "LONGPOLL_TRANSPORT 'postgres' cannot work here" in error
+
+
+def test_orders_travel_as_compact_json_and_anything_else_is_no_order() -> None:
+    order = {"type": END, "pk": 7}
+    assert encode(order) == '{"type":"longpoll.end","pk":7}'
+    assert decode(encode(order)) == order
+    assert decode("not json") is None and decode("[1]") is None and decode('"x"') is None
+
+
+def test_the_listen_connection_is_made_as_django_connects() -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("Django's database is not PostgreSQL (set DATABASE_URL)")
+    params = notify_params()
+    assert params["dbname"] == connection.settings_dict["NAME"]  # the test database
+    assert "cursor_factory" not in params and "pool" not in params  # Django's own
+    assert params["connect_timeout"] == 5 and params["keepalives"] == 1
 
 
 # -- watcher ------------------------------------------------------------------------------
@@ -284,7 +394,8 @@ async def test_a_watcher_that_cannot_take_its_watermark_trusts_nothing(
         assert not watcher.outage
 
 
-async def test_trust_needs_the_watcher(transactional_db: None) -> None:
+async def test_trust_needs_the_watcher(transactional_db: None, settings: Any) -> None:
+    settings.LONGPOLL_TRANSPORT = "watcher"  # the default picks PostgreSQL's on PostgreSQL
     hub = current_hub()
     await hub.ready()
     follow = await followed(hub)
@@ -304,6 +415,7 @@ async def test_a_failing_watcher_keeps_its_place_and_loses_no_wake_up(
 
     from longpoll_app import queue
 
+    settings.LONGPOLL_TRANSPORT = "watcher"  # the default picks PostgreSQL's on PostgreSQL
     settings.LONGPOLL_TIMEOUT = 3.0
     assert (await browser.poll(None)).status == 204
     await asyncio.sleep(0.2)  # the watcher has its watermark

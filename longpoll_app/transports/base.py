@@ -20,6 +20,8 @@ class Transport(abc.ABC):
     after it, and after its own subscription, is trustworthy.
     """
 
+    #: What the logs call this transport.
+    name = "none"
     #: True if wake-ups for every session arrive without a subscription.
     covers_all = False
     #: What the logs call an outage of this transport, and its end.
@@ -66,6 +68,19 @@ class Transport(abc.ABC):
         """For the hub's report: whether wake-ups cannot arrive now, and how
         often that began."""
         return {"outage": int(self.outage), "outages": self.outages}
+
+    def distrust(self) -> None:
+        """Wake-ups may have been missed: trust nothing the hub knows, and answer
+        the held polls now, so that they read the store."""
+        self.since = math.inf
+        self.follows.wake_all()
+
+    def trust_from(self, since: float) -> None:
+        """Wake-ups arrive again from loop time ``since``: the held polls read the
+        store once more, for what was queued while none could arrive."""
+        self.since = since
+        self.follows.wake_all()
+        self._ready.set()
 
     def failed(self, exc: BaseException) -> None:
         """Say once per outage that wake-ups cannot arrive."""

@@ -26,6 +26,7 @@ PROBE_GROUP = "longpoll.probe"  # a group nobody joins: leaving it is a harmless
 
 
 class LayerTransport(Transport):
+    name = "layer"
     lost_message = "channel layer unreachable (%s); polls read the store until it returns"
     back_message = "channel layer reachable again"
 
@@ -95,16 +96,13 @@ class LayerTransport(Transport):
     def failed(self, exc: BaseException) -> None:
         """Stop trusting what the hub knows: held polls answer now, and their
         next polls read the store."""
-        self.since = math.inf
         for follow in self.follows:
             follow.subscribed_at = math.inf
-        self.follows.wake_all()
+        self.distrust()
         super().failed(exc)
 
     def recovered(self) -> None:
-        self.since = self.loop.time()
         for follow in self.follows:
             follow.subscribed_at = math.inf  # join the groups again: a restarted Redis forgot them
-        self.follows.wake_all()
-        self._ready.set()
+        self.trust_from(self.loop.time())
         super().recovered()

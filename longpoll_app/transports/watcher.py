@@ -18,6 +18,7 @@ from .base import Transport
 
 
 class StoreWatcher(Transport):
+    name = "watcher"
     covers_all = True
     lost_message = "cannot check the store for new messages (%s); will retry"
     back_message = "checking the store for new messages again"
