@@ -8,6 +8,12 @@ asking every project to raise the socket timeout, the hub's layer blocks for
 half of the shortest socket timeout of its hosts, so a read always answers
 before its socket gives up. An idle process then asks Redis a little more often;
 nothing else changes.
+
+A host given in channels-redis's Sentinel form (``"sentinels"``, ``"master_name"``)
+is fitted the same way: its pool connects to whichever master the sentinels name
+with the host's other keys, ``socket_timeout`` included, which is what the
+blocking receive waits on. ``"sentinel_kwargs"`` only reach the short queries to
+the sentinels themselves, so they do not count.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ def fit_blocking_receive(layer: BaseChannelLayer) -> None:
 
 def _pools(layer: Any) -> list[Any]:
     # The pools the layer would make: redis-py reads socket_timeout from the
-    # host's dict or its URL's query. Making a pool opens no connection.
+    # host's dict or its URL's query. Making a pool opens no connection, not
+    # even to the sentinels of a Sentinel host.
     return [layer.create_pool(index) for index in range(len(layer.hosts))]
 
 

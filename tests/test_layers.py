@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
 from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from longpoll_app.layers import fit_blocking_receive
 
@@ -72,5 +74,50 @@ def test_a_host_it_cannot_make_a_pool_for_is_left_to_fail_at_its_first_receive()
 
 def test_other_layers_are_left_alone() -> None:
     layer = InMemoryChannelLayer()
+    fit_blocking_receive(layer)
+    assert not hasattr(layer, "brpop_timeout")
+
+
+SENTINEL = {"sentinels": [("127.0.0.1", 26379)], "master_name": "mymaster"}
+
+
+def test_a_sentinel_host_is_fitted_to_its_masters_connections() -> None:
+    # As channels-redis documents it, with nothing about timeouts: the master's
+    # connections get redis-py's own default, as a plain URL's do.
+    assert fitted(SENTINEL) == fitted(URL)
+    assert fitted({**SENTINEL, "socket_timeout": 3}) == 1
+
+
+def test_the_sentinels_own_timeouts_do_not_count() -> None:
+    # sentinel_kwargs reach only the queries to the sentinels, never the blocking receive.
+    quick_sentinels = {**SENTINEL, "sentinel_kwargs": {"socket_timeout": 0.2}}
+    assert fitted(quick_sentinels) == fitted(URL)
+    patient_master = {**quick_sentinels, "socket_timeout": 15}
+    assert fitted(patient_master) == RedisChannelLayer.brpop_timeout
+
+
+def test_fitting_a_sentinel_host_asks_no_sentinel() -> None:
+    # A layer is fitted when the hub starts: it must not wait on a sentinel there.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        host = {"sentinels": [("127.0.0.1", port)], "master_name": "mymaster"}
+        assert fitted(host) == fitted(URL)
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+
+
+def test_a_sentinel_host_without_sentinels_is_left_to_fail_at_its_first_receive() -> None:
+    layer = RedisChannelLayer(hosts=[{"master_name": "mymaster"}])
+    fit_blocking_receive(layer)
+    assert layer.brpop_timeout == RedisChannelLayer.brpop_timeout
+
+
+async def test_a_pubsub_layer_through_sentinel_is_left_alone() -> None:
+    # It reads with get_message(timeout=0.1), not a blocking pop: nothing to fit.
+    # (Async: it makes its per-loop layer on first use, and connects later still.)
+    layer = RedisPubSubChannelLayer(hosts=[SENTINEL])
     fit_blocking_receive(layer)
     assert not hasattr(layer, "brpop_timeout")
