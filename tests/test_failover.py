@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from longpoll_app.transports.layer import RETRY_DELAYS
+from longpoll_app.transports.layer import RETRY_DELAYS, LayerTransport
 
 from .servers import (
     STARTUP_TIMEOUT,
@@ -66,8 +66,9 @@ RESUME_BOUND = max(RETRY_DELAYS) + 7.0  # seconds
 TAIL = 4.0  # seconds of sending after both servers reach the layer again
 SEND_PAUSE = 0.2  # seconds between rounds of sends (one per browser)
 BYE = "bye"  # the message that ends a browser's polling
-LOST = "channel layer unreachable"
-BACK = "channel layer reachable again"
+# What each server logs when its hub loses the layer, and when it reaches it again.
+LOST = LayerTransport.lost_message.partition(" (%s)")[0]
+BACK = LayerTransport.back_message
 
 
 def need_programs() -> None:
