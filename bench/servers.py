@@ -7,6 +7,7 @@
     project-uvicorn-embedded   ... uvicorn
     project-daphne-scaled   project.asgi:application, daphne, PostgreSQL + Redis
     project-uvicorn-scaled     ... uvicorn
+    project-uvicorn-postgres   ... uvicorn, PostgreSQL alone (LISTEN/NOTIFY wake-ups, no Redis)
 
 Every server is one process, started fresh for every run.
 """
@@ -37,17 +38,19 @@ ALL_SERVERS = (
     "project-uvicorn-embedded",
     "project-daphne-scaled",
     "project-uvicorn-scaled",
+    "project-uvicorn-postgres",
 )
 REDIS_PORT = 6379
 PG_PORT = 5432
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))  # flushed before every scaled run
 PG_DB = os.environ.get("BENCH_PG_DB", "longpoll_bench")  # dropped and re-created per invocation
+PG_ALONE_DB = f"{PG_DB}_alone"  # the PostgreSQL-alone runs' own, so that neither sees the other's
 DEFAULT_HOLD_S = 10.0  # the project's LONGPOLL_TIMEOUT default
 START_TIMEOUT_S = 60.0  # a server not answering its health path by then failed to start
 START_POLL_S = 0.2
 STOP_GRACE_S = 8.0  # SIGTERM, then this long before the process tree is killed
 
-# The environment that selects each database: "embedded" or "scaled" -> variables.
+# The environment that selects each database: "embedded", "scaled" or "postgres" -> variables.
 Databases = Mapping[str, Mapping[str, str]]
 
 
@@ -100,7 +103,8 @@ class ServerSpec:
 
     @property
     def database(self) -> str | None:
-        """embedded | scaled: the database (and session cookies) a project server uses."""
+        """embedded | scaled | postgres: the database (and session cookies) a project
+        server uses."""
         parts = self.name.split("-")
         return parts[2] if self.kind == "project" and len(parts) > 2 else None
 
@@ -136,9 +140,7 @@ class ServerSpec:
 # --------------------------------------------------------------------------- databases
 def databases_needed(names: Iterable[str]) -> set[str]:
     """The databases the project servers among `names` run on."""
-    return {
-        "scaled" if "scaled" in name else "embedded" for name in names if name.startswith("project")
-    }
+    return {name.split("-")[2] for name in names if name.startswith("project")}
 
 
 def prepare_dbs(workdir: Path, need: set[str]) -> dict[str, dict[str, str]]:
@@ -149,9 +151,13 @@ def prepare_dbs(workdir: Path, need: set[str]) -> dict[str, dict[str, str]]:
             "REDIS_URL": f"redis://{HOST}:{REDIS_PORT}/{REDIS_DB}",
             "DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{PG_DB}",
         },
+        # No REDIS_URL: the project's in-process layer, so "auto" wakes through PostgreSQL.
+        "postgres": {"DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{PG_ALONE_DB}"},
     }
-    if "scaled" in need:
-        for sql in (f"DROP DATABASE IF EXISTS {PG_DB}", f"CREATE DATABASE {PG_DB}"):
+    for db, name in (("scaled", PG_DB), ("postgres", PG_ALONE_DB)):
+        if db not in need:
+            continue
+        for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
             subprocess.run(
                 ["psql", "-h", HOST, "-U", "postgres", "-q", "-c", sql],
                 check=True,
