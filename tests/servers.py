@@ -7,6 +7,7 @@ import http.client
 import http.cookies
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -139,7 +140,12 @@ class HttpBrowser:
     cookies: dict[str, str] = field(default_factory=dict)
 
     def request(
-        self, server: Server, method: str, path: str, body: Any = None, timeout: float = 15.0
+        self,
+        server: Server | Nginx,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 15.0,
     ) -> Reply:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
         headers = {"Origin": f"http://127.0.0.1:{server.port}"}
@@ -161,15 +167,17 @@ class HttpBrowser:
             self.cookies.update({k: m.value for k, m in jar.items()})
         return Reply(response.status, dict(response.headers), data)
 
-    def open_page(self, server: Server) -> None:
+    def open_page(self, server: Server | Nginx) -> None:
         reply = self.request(server, "GET", "/")
         assert reply.status == 200, reply
         assert "sessionid" in self.cookies and "csrftoken" in self.cookies, self.cookies
 
-    def poll(self, server: Server, cursor: int | None = None, timeout: float = 15.0) -> Reply:
+    def poll(
+        self, server: Server | Nginx, cursor: int | None = None, timeout: float = 15.0
+    ) -> Reply:
         return self.request(server, "POST", "/longpoll/poll/", {"cursor": cursor}, timeout)
 
-    def send(self, server: Server, client_id: str, type: str, data: Any) -> Reply:
+    def send(self, server: Server | Nginx, client_id: str, type: str, data: Any) -> Reply:
         return self.request(
             server, "POST", "/longpoll/send/", {"id": client_id, "type": type, "data": data}
         )
@@ -509,3 +517,100 @@ async def read_reply(reader: Any) -> Reply:
     length = int(headers.get("content-length", "0"))
     body = await reader.readexactly(length) if length else b""
     return Reply(status, headers, body)
+
+
+# -- nginx in front, as the deployment page configures it -----------------------------
+
+# The page's addresses, each replaced by the test's own.
+NGINX_LISTEN = "listen 80;"
+NGINX_UPSTREAMS = ["server 127.0.0.1:8001;", "server 127.0.0.1:8002;"]
+NGINX_STATIC_ROOT = "/srv/mysite/staticfiles/"
+NGINX_TEMP_DIRS = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+# Each request: when it ended, how long it took, its status and the upstreams tried.
+ACCESS_FORMAT = "$msec $request_time $status $uri $upstream_addr"
+
+
+@dataclass
+class Nginx:
+    """An nginx of the test's own, with the page's configuration in its http block."""
+
+    work: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def configure(self, block: str, upstreams: list[int], static_root: Path) -> Path:
+        temp = "\n".join(f"    {name}_temp_path {self.work / name};" for name in NGINX_TEMP_DIRS)
+        # Workers run as root when the test does: the project's files are readable
+        # by their owner only (pytest's temporary directories are 0700).
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        conf = self.work / "nginx.conf"
+        conf.write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {self.work / 'nginx.pid'};\n"
+            f"error_log {self.work / 'error.log'} info;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{\n    log_format upstreams '{ACCESS_FORMAT}';\n"
+            f"    access_log {self.work / 'access.log'} upstreams;\n{temp}\n"
+            f"{self._own_addresses(block, upstreams, static_root)}\n}}\n"
+        )
+        return conf
+
+    def _own_addresses(self, block: str, upstreams: list[int], static_root: Path) -> str:
+        replacements = {NGINX_LISTEN: f"listen 127.0.0.1:{self.port};"}
+        replacements[NGINX_STATIC_ROOT] = f"{static_root}/"
+        for placeholder, port in zip(NGINX_UPSTREAMS, upstreams, strict=True):
+            replacements[placeholder] = f"server 127.0.0.1:{port};"
+        for placeholder, own in replacements.items():
+            assert placeholder in block, f"the page's nginx block no longer has {placeholder!r}"
+            block = block.replace(placeholder, own)
+        return block
+
+    def start(self, conf: Path) -> Nginx:
+        nginx = shutil.which("nginx")
+        assert nginx is not None
+        cmd = [nginx, "-p", str(self.work), "-c", str(conf), "-e", str(self.work / "error.log")]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited early:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5).connect()
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"nginx did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+    def log(self) -> str:
+        path = self.work / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def requests(self) -> list[Logged]:
+        """The access log so far, one entry per request nginx answered."""
+        path = self.work / "access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [Logged.parse(line) for line in lines if line]
+
+
+@dataclass(frozen=True)
+class Logged:
+    """A request in the nginx access log (``ACCESS_FORMAT``)."""
+
+    ended: float  # wall-clock seconds, as time.time()
+    seconds: float  # how long nginx took to answer it
+    status: int
+    uri: str
+    upstreams: tuple[int, ...]  # the ports nginx tried, in order
+
+    @property
+    def started(self) -> float:
+        return self.ended - self.seconds
+
+    @classmethod
+    def parse(cls, line: str) -> Logged:
+        ended, seconds, status, uri, upstreams = line.split(" ", 4)
+        ports = tuple(int(port) for port in re.findall(r":(\d+)", upstreams))  # "-": none
+        return cls(float(ended), float(seconds), int(status), uri, ports)

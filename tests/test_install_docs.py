@@ -14,7 +14,6 @@ served, a held poll woken by the page's own view, ``longpoll_send``, the admin.
 from __future__ import annotations
 
 import ast
-import contextlib
 import http.client
 import http.cookies
 import json
@@ -42,12 +41,11 @@ from .conftest import REDIS_URL, redis_available
 from .servers import (
     POSTGRES_ADMIN_URL,
     ROOT,
-    STARTUP_TIMEOUT,
+    Nginx,
     Reply,
     Server,
     drop_postgres_database,
     flush_redis_db,
-    free_port,
     fresh_postgres_database,
     postgres_available,
 )
@@ -532,70 +530,6 @@ def test_scaling_block_wakes_a_poll_held_by_the_other_process(
 
 
 # -- nginx in front, as the deployment page configures it -----------------------------
-
-# The page's addresses, each replaced by the test's own.
-NGINX_LISTEN = "listen 80;"
-NGINX_UPSTREAMS = ["server 127.0.0.1:8001;", "server 127.0.0.1:8002;"]
-NGINX_STATIC_ROOT = "/srv/mysite/staticfiles/"
-NGINX_TEMP_DIRS = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-
-
-@dataclass
-class Nginx:
-    """An nginx of the test's own, with the page's configuration in its http block."""
-
-    work: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    def configure(self, block: str, upstreams: list[int], static_root: Path) -> Path:
-        temp = "\n".join(f"    {name}_temp_path {self.work / name};" for name in NGINX_TEMP_DIRS)
-        # Workers run as root when the test does: the project's files are readable
-        # by their owner only (pytest's temporary directories are 0700).
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf = self.work / "nginx.conf"
-        conf.write_text(
-            f"{user}daemon off;\nworker_processes 1;\npid {self.work / 'nginx.pid'};\n"
-            f"error_log {self.work / 'error.log'} info;\n"
-            "events { worker_connections 256; }\n"
-            f"http {{\n    access_log {self.work / 'access.log'};\n{temp}\n"
-            f"{self._own_addresses(block, upstreams, static_root)}\n}}\n"
-        )
-        return conf
-
-    def _own_addresses(self, block: str, upstreams: list[int], static_root: Path) -> str:
-        replacements = {NGINX_LISTEN: f"listen 127.0.0.1:{self.port};"}
-        replacements[NGINX_STATIC_ROOT] = f"{static_root}/"
-        for placeholder, port in zip(NGINX_UPSTREAMS, upstreams, strict=True):
-            replacements[placeholder] = f"server 127.0.0.1:{port};"
-        for placeholder, own in replacements.items():
-            assert placeholder in block, f"the page's nginx block no longer has {placeholder!r}"
-            block = block.replace(placeholder, own)
-        return block
-
-    def start(self, conf: Path) -> Nginx:
-        nginx = shutil.which("nginx")
-        assert nginx is not None
-        cmd = [nginx, "-p", str(self.work), "-c", str(conf), "-e", str(self.work / "error.log")]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited early:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                http.client.HTTPConnection("127.0.0.1", self.port, timeout=0.5).connect()
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"nginx did not start:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(15)
-
-    def log(self) -> str:
-        path = self.work / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 def test_nginx_block_in_front_of_both_processes(scaled: Scaled) -> None:
