@@ -205,6 +205,21 @@ def test_a_transport_that_cannot_work_is_refused_at_start_up(
         assert (vendor in errors[0].msg) == (transport == "postgres")
 
 
+def test_listening_needs_psycopg_3(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from django.db import connection
+
+    settings.LONGPOLL_TRANSPORT = "postgres"
+    monkeypatch.setattr(connection, "vendor", "postgresql")
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else found(name, *a)
+    )
+    [error] = check_transport()
+    assert error.id == "longpoll_app.E005" and "psycopg 3" in error.msg
+
+
 def test_the_transport_check_looks_at_the_configured_alias(settings: Any) -> None:
     settings.LONGPOLL_TRANSPORT = "layer"
     settings.CHANNEL_LAYERS = {"default": MEMORY_LAYER, "pushes": REDIS_LAYER}

@@ -221,6 +221,7 @@ async def test_a_layer_outage_is_reported(
 ) -> None:
     """Without a shared layer, the outage is the store watcher's: it cannot see
     other processes' sends (a shared layer's outage takes the same path)."""
+    settings.LONGPOLL_TRANSPORT = "watcher"  # "auto" listens instead on PostgreSQL
     settings.LONGPOLL_METRICS_TOKEN = TOKEN
     poll = browser.start({"cursor": None})  # the hub follows a session: the watcher queries
     assert not await poll.answered_within(0.05)

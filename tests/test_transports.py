@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -733,3 +736,33 @@ async def test_wake_from_another_process_arrives_through_redis(
         assert "unreachable" not in caplog.text
     finally:
         flush_redis()
+
+
+@pytest.mark.parametrize(("setting", "kind"), [("auto", "watcher"), ("postgres", "watcher")])
+def test_without_psycopg_3_postgresql_is_watched_not_listened_to(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, setting: str, kind: str
+) -> None:
+    """Django also runs on psycopg2, and the [postgres] extra is optional."""
+    from django.db import connection
+
+    from longpoll_app import transports
+
+    settings.LONGPOLL_TRANSPORT = setting
+    monkeypatch.setattr(connection, "vendor", "postgresql")
+    monkeypatch.setattr(transports, "_has_psycopg", lambda: False)
+    assert chosen(False) == kind
+
+
+def test_the_app_imports_without_psycopg() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"  # an import of it raises ImportError
+        "import django; django.setup()\n"
+        "import longpoll_app.hub, longpoll_app.api, longpoll_app.transports.notify\n"
+        "print('ok')"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env.pop("DATABASE_URL", None)  # SQLite: the settings must not need psycopg themselves
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.stdout.split() == ["ok"], result.stderr

@@ -9,6 +9,8 @@ behind ``base.Transport``, and the choice among them (``LONGPOLL_TRANSPORT``).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 
 from channels.layers import BaseChannelLayer
@@ -32,12 +34,23 @@ def chosen(has_shared_layer: bool) -> str:
     else PostgreSQL if the database is PostgreSQL. A choice that cannot work
     (the system checks report it) falls back to the watcher, which always works."""
     wanted = conf.LONGPOLL_TRANSPORT
-    on_postgres = connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
+    on_postgres = can_listen()
     if wanted not in (LAYER, POSTGRES, WATCHER):  # "auto", or a value E120 refuses
         return LAYER if has_shared_layer else POSTGRES if on_postgres else WATCHER
     if (wanted == LAYER and not has_shared_layer) or (wanted == POSTGRES and not on_postgres):
         return WATCHER
     return wanted
+
+
+def can_listen() -> bool:
+    """Whether hubs can LISTEN: the default database is PostgreSQL, and psycopg 3
+    (the ``[postgres]`` extra) is installed; Django also runs on psycopg2."""
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql" and _has_psycopg()
+
+
+@functools.cache
+def _has_psycopg() -> bool:
+    return importlib.util.find_spec("psycopg") is not None
 
 
 def make_transport(follows: Follows, layer: BaseChannelLayer | None) -> Transport:

@@ -25,13 +25,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from ..follows import Follows
 from .base import Transport
+
+if TYPE_CHECKING:  # psycopg is the [postgres] extra: imported only where it is used
+    import psycopg
 
 log = logging.getLogger("longpoll_app")
 
@@ -104,6 +106,8 @@ class NotifyTransport(Transport):
             attempt += 1
 
     async def _listen(self) -> None:
+        import psycopg  # installed: transports.can_listen() said so
+
         self.connection = await psycopg.AsyncConnection.connect(
             **connection_params(self.alias), autocommit=True
         )
