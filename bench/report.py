@@ -239,6 +239,7 @@ def plot(summary: Summary, path: Path, title: str) -> None:
         "project-uvicorn-embedded": "tab:cyan",
         "project-daphne-scaled": "tab:green",
         "project-uvicorn-scaled": "tab:olive",
+        "project-uvicorn-postgres": "tab:purple",
     }
     for srv in ALL_SERVERS:
         pts = sorted((n, s) for (name, n), s in summary.items() if name == srv)

@@ -8,8 +8,8 @@ arrives, so holding costs nothing but the future and one timer.
 
 Wake-ups from other processes arrive through one ``Transport``
 (``transports``): the shared channel layer, PostgreSQL's LISTEN/NOTIFY, or a
-watcher of the queue. Session checks and acknowledgements of the polls that arrive together
-go to the database in one trip each (``coalesce``).
+watcher of the queue. Session checks and acknowledgements of the polls that
+arrive together go to the database in one trip each (``coalesce``).
 
 A follow's ``last_id`` is trusted only while the transport was working before
 it was read from the database; otherwise a poll reads the store. That keeps

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,16 @@ POSTGRES_ADMIN_URL = os.environ.get(
 STARTUP_TIMEOUT = 30.0  # seconds a server may take to accept connections
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # per second, as /proc counts CPU time
 IDLE_SHARE = 0.05  # of one core: more, and a server is still at work
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` seconds (asked every ``interval``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
 
 
 def free_port() -> int:

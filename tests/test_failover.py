@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +43,7 @@ from .servers import (
     migrated_postgres_database,
     postgres_available,
     server_env,
+    wait_until,
 )
 
 pytestmark = pytest.mark.servers
@@ -77,15 +78,6 @@ def need_programs() -> None:
             pytest.skip(f"{program} is not installed; .ci/run installs it")
     if not postgres_available():
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432; .ci/run starts it")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def client(port: int) -> Any:

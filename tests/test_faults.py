@@ -47,6 +47,7 @@ from .servers import (
     restart,
     running,
     server_env,
+    wait_until,
 )
 
 pytestmark = pytest.mark.servers
@@ -71,15 +72,6 @@ def need_shared_redis() -> None:
         redis.Redis.from_url(SHARED_REDIS, socket_connect_timeout=1).ping()
     except redis.exceptions.ConnectionError:
         pytest.skip("Redis is not reachable on 127.0.0.1:6379; .ci/run starts it")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def logged(server: Server, phrase: str) -> bool:

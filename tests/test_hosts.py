@@ -47,7 +47,7 @@ import pytest
 
 from longpoll_app.transports.layer import LayerTransport
 
-from .servers import ROOT, Reply, server_env
+from .servers import ROOT, Reply, server_env, wait_until
 
 pytestmark = pytest.mark.servers
 
@@ -92,15 +92,6 @@ def run(cmd: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[st
 def must(cmd: list[str]) -> None:
     done = run(cmd)
     assert done.returncode == 0, (cmd, done.stderr)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 # -- the network ----------------------------------------------------------------------
