@@ -312,7 +312,7 @@ class Settings:
         doc="how wake-ups reach other processes: 'layer' (the shared channel layer), "
         "'postgres' (LISTEN/NOTIFY), 'watcher' (a look at the queue every "
         "LONGPOLL_WATCH_INTERVAL); 'auto': the shared layer if there is one, else "
-        "PostgreSQL if the database is PostgreSQL, else the watcher",
+        "PostgreSQL if the database is PostgreSQL (with psycopg 3), else the watcher",
     )
 
     def __init__(self) -> None:
