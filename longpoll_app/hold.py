@@ -60,6 +60,7 @@ async def hold(
     deadline = loop.time() + timeout
     acknowledged = cursor  # what the page says it received
     fresh_ids: Ids | None = ids
+    read_again = False  # a wake-up came during the last read: read before waiting
     hub.follows.hold_starts(follow)
     try:
         while True:
@@ -91,6 +92,13 @@ async def hold(
                 if cursor is None:
                     follow.drain(batch.last_id)
                 cursor = batch.cursor
+                # A wake-up that arrived while the read ran found no poll waiting;
+                # its message came after the read's snapshot. Waiting now would
+                # leave it for the next hold: read once more instead (once: an id
+                # no read can find must not spin).
+                read_again = not read_again and follow.last_id > batch.last_id
+                if read_again:
+                    continue
             remaining = deadline - loop.time()
             if remaining <= 0 or not await hub.wait(follow, remaining):
                 return None

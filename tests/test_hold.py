@@ -120,3 +120,35 @@ async def test_a_cancelled_hold_gives_back_what_it_held(hub: Hub) -> None:
     holding.cancel()
     await asyncio.gather(holding, return_exceptions=True)
     assert follow.held == 0 and follow.waiters == set()
+
+
+class WokenWhileReading(Store):
+    """A store whose first read misses a message that is committed, and its
+    wake-up delivered, while that read runs (the read's snapshot came first)."""
+
+    async def __call__(
+        self, hub: Hub, follow: Follow, cursor: int | None, ids: tuple[int, int] | None
+    ) -> Batch:
+        if not self.reads:
+            assert follow.pk is not None
+            hub.follows.wake(follow.pk, 4)  # no poll waits yet: nobody to resolve
+        return await super().__call__(hub, follow, cursor, ids)
+
+
+async def test_a_wake_up_during_the_read_is_not_left_for_the_next_hold(hub: Hub) -> None:
+    follow = attached(hub, last_id=3, acked_id=3, trusted=False)
+    store = WokenWhileReading(empty(3), with_messages(4, 4))
+    held = asyncio.ensure_future(hold(hub, follow, 3, (3, 3), 5.0, read=store))
+    batch = await asyncio.wait_for(held, 1.0)  # not at the end of the 5 s hold
+    assert batch is not None and [m["id"] for m in batch.messages] == [4]
+    assert [cursor for cursor, _ in store.reads] == [3, 3]
+
+
+async def test_a_newer_id_no_read_finds_costs_one_more_read_then_waits(hub: Hub) -> None:
+    """An id the follow knows but the store never shows (it cannot happen while
+    ids only grow; if it did) must not spin: one more read, then the hold."""
+    follow = attached(hub, last_id=3, acked_id=3, trusted=False)
+    follow.last_id = 9
+    store = Store(empty(3), empty(3))
+    assert await hold(hub, follow, 3, (3, 3), SHORT, read=store) is None
+    assert len(store.reads) == 2
