@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,41 +28,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import HOST, PY, log  # noqa: E402
+from bench.servers import (  # noqa: E402
+    DEFAULT_HOLD_S,
+    Databases,
+    ServerSpec,
+    free_port,
+    prepare_dbs,
+    start,
+    stop,
+)
 
-STARTUP_TIMEOUT_S = 30
 HELD_TIMEOUT_S = 60  # for the server to accept every poll's connection
 HELD_SETTLE_S = 1.0  # after that: every poll reached its hold
 ANSWER_TIMEOUT_S = 30
 MEDIANS = ("held", "answered_p50_ms", "answered_max_ms", "exit_after_last_answer_ms")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def server_command(kind: str, port: int) -> list[str]:
-    if kind == "daphne":
-        return [PY, "-m", "daphne", "-b", HOST, "-p", str(port), "project.asgi:application"]
-    return [PY, "-m", "uvicorn", "--host", HOST, "--port", str(port), "--no-access-log",
-            "--loop", "uvloop", "--http", "httptools", "project.asgi:application"]  # fmt: skip
-
-
-def start(kind: str, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(server_command(kind, port), cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((HOST, port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{kind} did not start; see {log_path}")
 
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]  # the writer keeps it open
@@ -112,9 +90,12 @@ async def accepted(pid: int, count: int) -> None:
     raise RuntimeError(f"the server did not accept {count} connections")
 
 
-async def one_round(kind: str, env: dict[str, str], sessions: list[tuple[str, str]],
-                    log_path: Path) -> dict[str, Any]:  # fmt: skip
-    proc, port = start(kind, env, log_path)
+async def one_round(
+    spec: ServerSpec, sessions: list[tuple[str, str]], log_path: Path
+) -> dict[str, Any]:
+    port = free_port()
+    server = start(spec, port, log_path)
+    proc = server.proc
     try:
         connections = [await hold_poll(port, key, csrf) for key, csrf in sessions]
         answers = [asyncio.ensure_future(answer_of(c)) for c in connections]
@@ -126,9 +107,7 @@ async def one_round(kind: str, env: dict[str, str], sessions: list[tuple[str, st
         await asyncio.to_thread(proc.wait, ANSWER_TIMEOUT_S)
         exited = time.perf_counter()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(server)  # after a drain, only closes the log
     # Only the polls still held at SIGTERM: one that had reached the end of its
     # hold meanwhile (a slow server taking in N connections) says nothing of the drain.
     drained = [(at - told, status, closes) for at, status, closes in done if at > told]
@@ -143,16 +122,15 @@ async def one_round(kind: str, env: dict[str, str], sessions: list[tuple[str, st
     }
 
 
-def prepared(workdir: Path, n: int) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="project.settings", SQLITE_PATH=str(workdir / "db.sqlite3"),
-               DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS=HOST, PYTHONUNBUFFERED="1")  # fmt: skip
-    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+def prepared(workdir: Path, n: int) -> tuple[Databases, list[tuple[str, str]]]:
+    """The embedded database, migrated, and ``n`` sessions in it."""
+    dbs = prepare_dbs(workdir, {"embedded"})
+    env = ServerSpec.configure("project-uvicorn-embedded", DEFAULT_HOLD_S, dbs).env
     out = workdir / "sessions.txt"
     subprocess.run([PY, "bench/make_sessions.py", "--count", str(n), "--out", str(out)],
-                   cwd=ROOT, env=env, check=True)  # fmt: skip
+                   cwd=ROOT, env=dict(env), check=True)  # fmt: skip
     sessions = [tuple(line.split()[1:3]) for line in out.read_text().splitlines()]
-    return env, sessions  # type: ignore[return-value]
+    return dbs, sessions  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -163,11 +141,12 @@ def main() -> None:
     args = parser.parse_args()
     summary: dict[str, Any] = {"n": args.n, "rounds": args.rounds}
     with tempfile.TemporaryDirectory(prefix="longpoll-drain-") as tmp:
-        env, sessions = prepared(Path(tmp), args.n)
+        dbs, sessions = prepared(Path(tmp), args.n)
         for kind in args.servers:
+            spec = ServerSpec.configure(f"project-{kind}-embedded", DEFAULT_HOLD_S, dbs)
             runs = []
             for index in range(args.rounds):
-                result = asyncio.run(one_round(kind, env, sessions, Path(tmp) / f"{kind}.log"))
+                result = asyncio.run(one_round(spec, sessions, Path(tmp) / f"{kind}.log"))
                 log(kind, index + 1, json.dumps(result))
                 runs.append(result)
             summary[kind] = {key: statistics.median(r[key] for r in runs) for key in MEDIANS}
