@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import logging
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -12,14 +12,11 @@ from django.contrib.sessions.backends.base import SessionBase
 from django.db import transaction
 from django.http import HttpRequest
 
-from . import process, queue, sessions, transports
+from . import outbox, process, queue, sessions, transports
 from .follows import END, END_KEY, RELEASE, WAKE
-from .hub import shared_layer
+from .layers import has_shared_layer, shared_layer
 from .protocol import check_data, validate_type
-from .runtime import running_hubs
-from .transports import notify
-
-log = logging.getLogger("longpoll_app")
+from .transports import doorbell, notify
 
 SessionLike = str | SessionBase | HttpRequest
 
@@ -241,45 +238,57 @@ def wake(queued: queue.Queued) -> None:
     # at once, and again through the transport, which reaches every other process.
     order = {"type": WAKE, "pk": queued.session_pk, "last_id": queued.seq}
     _tell_local_hubs(order)
-    _tell_other_processes(queued.group, order)
+    _tell_other_processes(queued.group, order, wait=False)
+
+
+RUNTIME = f"{__package__}.runtime"
 
 
 def _tell_local_hubs(order: dict[str, Any]) -> None:
+    # Hubs are made by ``runtime`` only: where it was never imported there is
+    # none, and a process that only sends (a command, a worker) need not import
+    # the poll-serving side to find that out.
+    if RUNTIME not in sys.modules:
+        return
+    from .runtime import running_hubs
+
     for hub in running_hubs():
         with contextlib.suppress(RuntimeError):  # that loop closed since it was listed
             hub.loop.call_soon_threadsafe(hub.dispatch, order)
 
 
-def _tell_other_processes(group: str, order: dict[str, Any]) -> bool:
+def _tell_other_processes(group: str, order: dict[str, Any], wait: bool = True) -> bool:
     """Send an order the way the hubs listen (``LONGPOLL_TRANSPORT``), which
     reaches this process's hubs too; True if it was taken. The store watcher
-    needs nothing sent: it finds the message in the store."""
-    layer = shared_layer()
-    kind = transports.chosen(layer is not None)
+    needs nothing sent, as it finds the message in the store; its doorbell
+    makes it look at once.
+
+    A WAKE need not be waited for (``wait=False``): through the layer it goes
+    out from the send loop (``outbox``), and True says only that it will.
+    """
+    kind = transports.chosen(has_shared_layer())
     if kind == transports.POSTGRES:
         return _notify(order)
     if kind == transports.LAYER:
+        if not wait:
+            outbox.put(group, order)
+            return True
         return _group_send(group, order)
+    doorbell.ring()  # the watchers on this machine look at the store at once
     return False
 
 
-# True from a failed wake-up through the transport to the next one that works:
-# an outage is logged once, not once per message sent during it.
-_layer_failing = False
-
-
 def _group_send(group: str, message: dict[str, Any]) -> bool:
-    """Send through the shared layer; True if it took the message."""
-    global _layer_failing
+    """Send through the shared layer and wait; True if it took the message."""
     layer = shared_layer()
     if layer is None:
         return False
     try:
         process.run_in_send_loop(layer.group_send(group, message))
     except Exception as exc:
-        _note_layer_failure(group, exc)
+        outbox.note_failure(group, exc)
         return False
-    _layer_failing = False
+    outbox.note_success()
     return True
 
 
@@ -305,29 +314,14 @@ def _notify(order: dict[str, Any]) -> bool:
 
 
 def _notify_now(order: dict[str, Any]) -> bool:
-    global _layer_failing
     try:
         with transaction.get_connection().cursor() as cursor:
             cursor.execute(NOTIFY_SQL, [notify.CHANNEL, notify.encode(order)])
     except Exception as exc:
-        _note_layer_failure(notify.CHANNEL, exc, via="PostgreSQL NOTIFY")
+        outbox.note_failure(notify.CHANNEL, exc, via="PostgreSQL NOTIFY")
         return False
-    _layer_failing = False
+    outbox.note_success()
     return True
-
-
-def _note_layer_failure(group: str, exc: BaseException, via: str = "the channel layer") -> None:
-    # The message is safe in the store; the next poll of the session reads it.
-    global _layer_failing
-    level = logging.DEBUG if _layer_failing else logging.WARNING
-    _layer_failing = True
-    log.log(
-        level,
-        "longpoll: could not wake %s through %s: %s (logged once until it works again)",
-        group,
-        via,
-        exc,
-    )
 
 
 def _tell_hubs(group: str, order: dict[str, Any]) -> None:

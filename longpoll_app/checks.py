@@ -109,7 +109,7 @@ def check_transport(**kwargs: Any) -> list[CheckMessage]:
 
 
 def _shared_layer_configured() -> bool:
-    """Whether the alias names a layer other processes share (as ``hub.shared_layer``
+    """Whether the alias names a layer other processes share (as ``layers.shared_layer``
     decides, from the settings alone: a check makes no layer)."""
     alias = getattr(settings, "LONGPOLL_CHANNEL_LAYER", "default")
     config = getattr(settings, "CHANNEL_LAYERS", {}).get(alias) if isinstance(alias, str) else None

@@ -239,7 +239,8 @@ class Settings:
         is_valid=positive_number,
         accepted=SECONDS,
         check_id="longpoll_app.E112",
-        doc="seconds between checks for other processes' sends, with a process-local layer only",
+        doc="seconds between checks for other processes' sends, with a process-local layer"
+        " only (a send from the same machine makes the check at once)",
     )
     LONGPOLL_CHANNEL_LAYER = Setting(
         default="default",

@@ -23,15 +23,18 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from channels.layers import BaseChannelLayer
 
 from . import queue, sessions
 from .coalesce import Coalescer, Pace
 from .conf import conf
 from .follows import Follow, Follows
 from .sessions import SessionRecord
-from .transports import make_transport
+from .transports import LAYER, POSTGRES, chosen
 from .transports.base import Transport
+from .transports.layer import LayerTransport
+from .transports.notify import NotifyTransport
+from .transports.watcher import StoreWatcher
 
 log = logging.getLogger("longpoll_app")
 
@@ -180,13 +183,18 @@ def _log_ack_failure(done: asyncio.Future[None]) -> None:
         log.error("longpoll: could not acknowledge: %s", exc, exc_info=exc)
 
 
-def shared_layer() -> BaseChannelLayer | None:
-    """The channel layer that carries wake-ups between processes, if any.
-
-    ``InMemoryChannelLayer`` reaches no other process and does O(channels +
-    groups) work per call, so the hub wakes local polls directly instead.
-    """
-    layer = get_channel_layer(conf.LONGPOLL_CHANNEL_LAYER)
-    if layer is None or isinstance(layer, InMemoryChannelLayer):
-        return None
-    return layer
+def make_transport(follows: Follows, layer: BaseChannelLayer | None) -> Transport:
+    """The transport of a new hub; ``layer``: the shared channel layer, if any."""
+    kind = chosen(layer is not None)
+    if conf.LONGPOLL_TRANSPORT in (LAYER, POSTGRES) and kind != conf.LONGPOLL_TRANSPORT:
+        log.error(
+            "longpoll: LONGPOLL_TRANSPORT %r cannot work here (see the system checks); "
+            "wake-ups from other processes arrive through the store watcher",
+            conf.LONGPOLL_TRANSPORT,
+        )
+    if kind == LAYER:
+        assert layer is not None  # chosen() said so
+        return LayerTransport(follows, layer)
+    if kind == POSTGRES:
+        return NotifyTransport(follows)
+    return StoreWatcher(follows)

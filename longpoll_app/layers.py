@@ -1,4 +1,4 @@
-"""What the app adjusts in the channel layer that carries its wake-ups.
+"""Which channel layer carries the wake-ups, and what the app adjusts in it.
 
 channels-redis receives with one blocking ``BZPOPMIN`` of ``brpop_timeout``
 seconds (5). redis-py 8 gives every socket read a 5 s timeout by default, so
@@ -21,7 +21,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from channels.layers import BaseChannelLayer
+from channels.layers import (
+    BaseChannelLayer,
+    InMemoryChannelLayer,
+    channel_layers,
+    get_channel_layer,
+)
+
+from .conf import conf
 
 BLOCKING_SHARE = 0.5  # of the socket timeout: the rest is room for the reply
 WHOLE_SECONDS_FROM = 1.0  # seconds: from there on whole seconds, as every Redis takes
@@ -60,3 +67,32 @@ def _socket_timeout(pool: Any) -> float | None:
     except Exception:
         return None  # a pool of another kind: leave the layer as configured
     return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None
+
+
+# Layers known to reach other processes, by their BACKEND setting.
+SHARED_BACKENDS = frozenset(
+    {"channels_redis.core.RedisChannelLayer", "channels_redis.pubsub.RedisPubSubChannelLayer"}
+)
+
+
+def has_shared_layer() -> bool:
+    """``shared_layer() is not None``, from the settings alone when they name
+    a layer known to be shared: making the layer imports channels-redis and
+    redis-py, a hundred milliseconds and more that a fresh process's first
+    send need not wait for (the send loop makes it, see ``outbox``)."""
+    config = channel_layers.configs.get(conf.LONGPOLL_CHANNEL_LAYER)
+    if config is not None and config.get("BACKEND") in SHARED_BACKENDS:
+        return True
+    return shared_layer() is not None
+
+
+def shared_layer() -> BaseChannelLayer | None:
+    """The channel layer that carries wake-ups between processes, if any.
+
+    ``InMemoryChannelLayer`` reaches no other process and does O(channels +
+    groups) work per call, so the hub wakes local polls directly instead.
+    """
+    layer = get_channel_layer(conf.LONGPOLL_CHANNEL_LAYER)
+    if layer is None or isinstance(layer, InMemoryChannelLayer):
+        return None
+    return layer

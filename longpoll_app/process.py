@@ -1,13 +1,14 @@
 """What the app changes in the host process, all in one place.
 
 A library should change as little of its host process as it can, and say
-what it does change. This app changes two things, both named on the docs'
+what it does change. This app changes three things, all named on the docs'
 deployment page ("What the app changes in the process"):
 
 * **Paced garbage collection** (``pace``), in a process that holds polls,
   unless ``LONGPOLL_GC_INTERVAL = 0``.
-* **A send loop** (``run_in_send_loop``): one event loop in a daemon thread
-  for the channel-layer sends of sync code, started on the first such send.
+* **A send loop** (``run_in_send_loop``, ``post_to_send_loop``): one event
+  loop in a daemon thread for the channel-layer sends of sync code, started on
+  the first such send.
 * **A SIGTERM handler** (``drain_on_sigterm``) in front of the server's own, in
   a process that holds polls, unless ``LONGPOLL_DRAIN_TIMEOUT = 0``: it answers
   the held polls before the server stops.
@@ -167,6 +168,12 @@ _send_loop_lock = threading.Lock()
 def run_in_send_loop(coro: Coroutine[Any, Any, Any]) -> None:
     """Run ``coro`` on the process's send loop; raise what it raises (or TimeoutError)."""
     _loop_for_sends().run(coro)
+
+
+def post_to_send_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """Start ``coro`` on the process's send loop and return at once; it must
+    handle its own errors. Process exit waits for it (bounded), as for a send."""
+    asyncio.run_coroutine_threadsafe(coro, _loop_for_sends().loop)
 
 
 def _loop_for_sends() -> _SendLoop:

@@ -66,6 +66,13 @@ def append_many(session_key: str, messages: Sequence[tuple[str, Any]]) -> Queued
     count = len(messages)
     if count == 0:
         raise ValueError("append_many needs at least one message.")
+    reserved = _append_in_one_statement(session_key, messages)
+    if reserved is not None:
+        pk, last, acked = reserved
+        if _over_cap(last - count + 1, last, acked):
+            with transaction.atomic():
+                _drop_over_cap(pk, last - count + 1, last, acked, never_written=0)
+        return Queued(session_pk=pk, group=wake_group(session_key), seq=last)
     with transaction.atomic():
         pk, last, acked = _reserve_ids(session_key, count)
         first = last - count + 1
@@ -76,8 +83,39 @@ def append_many(session_key: str, messages: Sequence[tuple[str, Any]]) -> Queued
     return Queued(session_pk=pk, group=wake_group(session_key), seq=last)
 
 
+def _append_in_one_statement(
+    session_key: str, messages: Sequence[tuple[str, Any]]
+) -> tuple[int, int, int] | None:
+    """On PostgreSQL, outside a transaction, and when no new message is past
+    the cap: reserve the ids and insert the messages in one statement, which
+    is its own transaction (so the row lock still orders concurrent senders).
+    The record's pk, new ``last_id`` and ``acked_id``; None where this does
+    not apply or the session has no record yet (nothing was written).
+
+    Inside the caller's transaction the usual path runs, in a savepoint, as
+    before: a failing statement must not abort the caller's transaction.
+    """
+    db = transaction.get_connection()
+    count = len(messages)
+    if db.vendor != "postgresql" or db.in_atomic_block or count > conf.LONGPOLL_MAX_QUEUE:
+        return None
+    created_at = sql.fields(Message, "created_at")[0].get_db_prep_save(timezone.now(), db)
+    data_field = sql.fields(Message, "data")[0]
+    if count == 1:
+        ((type_, data),) = messages
+        params = [1, session_key, type_, data_field.get_db_prep_save(data, db), created_at]
+    else:
+        encoder = data_field.encoder  # type: ignore[attr-defined]
+        types = [type_ for type_, _ in messages]
+        texts = [json.dumps(data, cls=encoder) for _, data in messages]
+        params = [count, session_key, count, created_at, types, texts]
+    with db.cursor() as cursor:
+        cursor.execute(sql.reserve_and_insert(many=count > 1), params)
+        row = cursor.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
 PG_ARRAYS_FROM = 10  # messages; below this a plain VALUES list was measured faster
-INSERTED = ("session", "seq", "type", "data", "created_at")  # Message columns a send writes
 
 
 def _insert_messages(session_pk: int, first: int, messages: Sequence[tuple[str, Any]]) -> None:
@@ -90,10 +128,10 @@ def _insert_messages(session_pk: int, first: int, messages: Sequence[tuple[str, 
     if not messages:
         return
     connection = transaction.get_connection()
-    fields = sql.fields(Message, *INSERTED)
+    fields = sql.fields(Message, *sql.MESSAGE_INSERTED)
     created_at = fields[4].get_db_prep_save(timezone.now(), connection)
     m = sql.Table(Message)
-    head = f"INSERT INTO {m.name} ({', '.join(m[name] for name in INSERTED)}) "
+    head = f"INSERT INTO {m.name} ({', '.join(m[name] for name in sql.MESSAGE_INSERTED)}) "
     data_field = fields[3]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql" and len(messages) >= PG_ARRAYS_FROM:
@@ -126,14 +164,19 @@ def _insert_messages(session_pk: int, first: int, messages: Sequence[tuple[str, 
 def _drop_over_cap(pk: int, first: int, last: int, acked: int, never_written: int) -> None:
     cutoff = last - conf.LONGPOLL_MAX_QUEUE  # ids at or below this are over the cap
     dropped = never_written
-    # Older rows can only be over the cap if some unacknowledged one is at or
-    # below the cutoff: below the cap (the usual case) this costs no query.
-    if min(cutoff, first - 1) > acked:
+    if _over_cap(first, last, acked):
         over_cap = Message.objects.filter(session_id=pk, seq__gt=acked, seq__lte=cutoff)
         deleted, _ = over_cap.delete()
         dropped += deleted
     if dropped:
         LongpollSession.objects.filter(pk=pk).update(dropped=F("dropped") + dropped)
+
+
+def _over_cap(first: int, last: int, acked: int) -> bool:
+    """Whether older rows may be over the cap after messages ``first``..``last``:
+    only if some unacknowledged one is at or below the cutoff. Below the cap
+    (the usual case) this costs no query."""
+    return min(last - conf.LONGPOLL_MAX_QUEUE, first - 1) > acked
 
 
 def _reserve_ids(session_key: str, count: int) -> tuple[int, int, int]:

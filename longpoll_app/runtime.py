@@ -17,7 +17,8 @@ from typing import Any
 
 from . import process, reports, retention
 from .conf import conf
-from .hub import Hub, shared_layer
+from .hub import Hub
+from .layers import shared_layer
 
 _hubs: dict[asyncio.AbstractEventLoop, Hub] = {}
 _hubs_lock = threading.Lock()

@@ -8,7 +8,6 @@ per vendor; ``Table`` quotes a model's table and column names once for all.
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -69,6 +68,8 @@ def update_returning_works(vendor: str) -> bool:
     if vendor == "postgresql":
         return True
     if vendor == "sqlite":
+        import sqlite3  # here: a project on another database need not load it
+
         return sqlite3.sqlite_version_info >= (3, 35)  # the library Django's backend uses
     return False
 
@@ -106,6 +107,36 @@ def reserve_ids(vendor: str) -> str:
     return (
         f"UPDATE {s.name} SET {s['last_id']} = {s['last_id']} + %s"
         f" WHERE {s['session_key']} = %s RETURNING {s['id']}, {s['last_id']}, {s['acked_id']}"
+    )
+
+
+MESSAGE_INSERTED = ("session", "seq", "type", "data", "created_at")  # columns a send writes
+
+
+@functools.cache
+def reserve_and_insert(many: bool) -> str:
+    """PostgreSQL: ``reserve_ids`` and the insert of the messages in one
+    statement, one round trip where a transaction takes four (BEGIN, UPDATE,
+    INSERT, COMMIT). Returns pk, last_id, acked_id, or no row (and inserts
+    nothing) if the session has no record yet.
+
+    One message: parameters count, key, type, data, created_at. ``many``:
+    count, key, count, created_at, then the types and the JSON texts as arrays.
+    """
+    s, m = Table(LongpollSession), Table(Message)
+    columns = ", ".join(m[name] for name in MESSAGE_INSERTED)
+    pk, last_id = f"r.{s['id']}", f"r.{s['last_id']}"
+    if many:
+        rows = (
+            f"SELECT {pk}, {last_id} - %s + u.n, u.t, u.d::jsonb, %s FROM r,"
+            " unnest(%s::text[], %s::text[]) WITH ORDINALITY AS u(t, d, n)"
+        )
+    else:
+        rows = f"SELECT {pk}, {last_id}, %s, %s, %s FROM r"
+    return (
+        f"WITH r AS ({reserve_ids('postgresql')}), "
+        f"i AS (INSERT INTO {m.name} ({columns}) {rows}) "
+        f"SELECT {pk}, {last_id}, r.{s['acked_id']} FROM r"
     )
 
 

@@ -10,6 +10,7 @@ from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+from longpoll_app import layers
 from longpoll_app.layers import fit_blocking_receive
 
 URL = "redis://127.0.0.1:6379/14"
@@ -121,3 +122,45 @@ async def test_a_pubsub_layer_through_sentinel_is_left_alone() -> None:
     layer = RedisPubSubChannelLayer(hosts=[SENTINEL])
     fit_blocking_receive(layer)
     assert not hasattr(layer, "brpop_timeout")
+
+
+class LocalLayer(InMemoryChannelLayer):
+    """An in-memory layer under a path of its own: only its class tells."""
+
+
+REDIS = {"hosts": ["redis://127.0.0.1:1/0"]}  # never connected to here
+
+
+@pytest.mark.parametrize(
+    ("backend", "shared"),
+    [
+        ("channels_redis.core.RedisChannelLayer", True),
+        ("channels_redis.pubsub.RedisPubSubChannelLayer", True),
+        ("channels.layers.InMemoryChannelLayer", False),
+        (f"{__name__}.LocalLayer", False),
+    ],
+)
+def test_has_shared_layer_answers_as_shared_layer_does(
+    settings: Any, backend: str, shared: bool
+) -> None:
+    config = {"CONFIG": REDIS} if backend.startswith("channels_redis") else {}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": backend, **config}}
+    assert layers.has_shared_layer() is shared
+    assert (layers.shared_layer() is not None) is shared
+
+
+def test_has_shared_layer_makes_no_channels_redis_layer(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Making it imports channels-redis and redis-py: a fresh process's first
+    # send must not wait for that (the send loop makes it).
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": REDIS}
+    }
+    monkeypatch.setattr(layers, "shared_layer", lambda: pytest.fail("the layer was made"))
+    assert layers.has_shared_layer()
+
+
+def test_no_layer_of_the_alias_is_no_shared_layer(settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {}
+    assert not layers.has_shared_layer()

@@ -23,10 +23,10 @@ from django.db import OperationalError
 
 from longpoll_app import queue, sessions
 from longpoll_app.follows import END, WAKE, Follow, Follows
-from longpoll_app.hub import Hub
+from longpoll_app.hub import Hub, make_transport
 from longpoll_app.runtime import current_hub
 from longpoll_app.sessions import SessionRecord
-from longpoll_app.transports import chosen, make_transport
+from longpoll_app.transports import chosen
 from longpoll_app.transports import layer as layer_transport
 from longpoll_app.transports.base import Transport
 from longpoll_app.transports.layer import LAYER_CONCURRENCY, PROBE_GROUP, LayerTransport

@@ -20,7 +20,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
-from longpoll_app import api, queue, sessions
+from longpoll_app import api, outbox, queue, sessions
 from longpoll_app.follows import RELEASE, WAKE, Follows
 from longpoll_app.runtime import current_hub
 from longpoll_app.transports import notify
@@ -45,9 +45,9 @@ def _postgres_transport(transactional_db: None, settings: Any) -> Iterator[None]
     # The default ("auto") picks it with no shared layer on PostgreSQL; said
     # outright so that a change of the default does not silently test another.
     settings.LONGPOLL_TRANSPORT = "postgres"
-    api._layer_failing = False
+    outbox._failing = False
     yield
-    api._layer_failing = False
+    outbox._failing = False
 
 
 @asynccontextmanager
@@ -254,7 +254,7 @@ async def test_a_failing_notify_never_fails_the_send(
     assert len(warned) == 1 and "PostgreSQL NOTIFY" in warned[0]  # once for the outage
     monkeypatch.undo()
     assert await sync_to_async(api._notify_now)({"type": WAKE, "pk": pk, "last_id": 2})
-    assert not api._layer_failing  # it works again: the next failure is logged again
+    assert not outbox._failing  # it works again: the next failure is logged again
 
 
 async def test_a_running_hub_carries_an_order_out_once_and_a_wake_idempotently() -> None:

@@ -11,19 +11,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 
-from channels.layers import BaseChannelLayer
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from ..conf import conf
-from ..follows import Follows
-from .base import Transport
-from .layer import LayerTransport
-from .notify import NotifyTransport
-from .watcher import StoreWatcher
-
-log = logging.getLogger("longpoll_app")
 
 LAYER, POSTGRES, WATCHER = "layer", "postgres", "watcher"
 
@@ -51,20 +42,3 @@ def can_listen() -> bool:
 @functools.cache
 def _has_psycopg() -> bool:
     return importlib.util.find_spec("psycopg") is not None
-
-
-def make_transport(follows: Follows, layer: BaseChannelLayer | None) -> Transport:
-    """The transport of a new hub; ``layer``: the shared channel layer, if any."""
-    kind = chosen(layer is not None)
-    if conf.LONGPOLL_TRANSPORT in (LAYER, POSTGRES) and kind != conf.LONGPOLL_TRANSPORT:
-        log.error(
-            "longpoll: LONGPOLL_TRANSPORT %r cannot work here (see the system checks); "
-            "wake-ups from other processes arrive through the store watcher",
-            conf.LONGPOLL_TRANSPORT,
-        )
-    if kind == LAYER:
-        assert layer is not None  # chosen() said so
-        return LayerTransport(follows, layer)
-    if kind == POSTGRES:
-        return NotifyTransport(follows)
-    return StoreWatcher(follows)

@@ -3,7 +3,8 @@
 With a process-local layer (``InMemoryChannelLayer`` or none), sends from this
 process wake its hub directly, and sends from other processes (a management
 command) are noticed by one indexed query per ``LONGPOLL_WATCH_INTERVAL`` for
-the whole process, and only while it follows sessions.
+the whole process, and only while it follows sessions; at once when the sender
+is on the same machine and rings the watcher's doorbell (``doorbell``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .. import queue
 from ..conf import conf
 from ..threads import run_in_thread
 from .base import Transport
+from .doorbell import Doorbell
 
 
 class StoreWatcher(Transport):
@@ -24,6 +26,14 @@ class StoreWatcher(Transport):
     back_message = "checking the store for new messages again"
 
     async def run(self) -> None:
+        doorbell = Doorbell()
+        await doorbell.open()
+        try:
+            await self.watch(doorbell)
+        finally:
+            doorbell.close()
+
+    async def watch(self, doorbell: Doorbell) -> None:
         watermark: int | None = None
         while True:
             try:
@@ -49,4 +59,4 @@ class StoreWatcher(Transport):
                 # SQLite answering "database is locked" only delays the wake-ups).
                 self.failed(exc)
             self._ready.set()
-            await asyncio.sleep(conf.LONGPOLL_WATCH_INTERVAL)
+            await doorbell.wait(conf.LONGPOLL_WATCH_INTERVAL)
