@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -79,15 +80,16 @@ def manage(
 
 @dataclass
 class Server:
-    kind: str  # "daphne", "uvicorn" or "runserver"
+    kind: str  # "daphne", "uvicorn", "granian" or "runserver"
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
-    access_log: bool = False  # uvicorn: log every response, as daphne does anyway
+    access_log: bool = False  # uvicorn, granian: log every response, as daphne does anyway
     cwd: Path = ROOT  # the project's folder
     app: str = "project.asgi:application"
     python: str = sys.executable
+    workers: int = 1  # granian: worker processes under its supervisor
 
     def command(self) -> list[str]:
         port = str(self.port)
@@ -95,9 +97,23 @@ class Server:
             return ["manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
         if self.kind == "daphne":
             return ["-m", "daphne", "-b", "127.0.0.1", "-p", port, self.app]
+        if self.kind == "granian":
+            # Worker processes under granian's own supervisor (the process
+            # started here), their event loops uvloop, as uvicorn's.
+            granian = ["-m", "granian", "--interface", "asgi", "--host", "127.0.0.1"]
+            granian += ["--port", port, "--workers", str(self.workers), "--loop", "uvloop"]
+            access = "--access-log" if self.access_log else "--no-access-log"
+            return [*granian, access, self.app]
         uvicorn = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", port, self.app]
         uvicorn += ["--loop", "uvloop", "--http", "httptools"]
         return uvicorn if self.access_log else [*uvicorn, "--no-access-log"]
+
+    @property
+    def supervised(self) -> bool:
+        """granian serves from a worker process that its supervisor (the process
+        started here) forks: a SIGKILL must reach both, or the worker lives on,
+        still listening on the port."""
+        return self.kind == "granian"
 
     def start(self, log_dir: Path) -> Server:
         self.log_path = log_dir / f"{self.kind}-{self.port}.log"
@@ -108,6 +124,7 @@ class Server:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.supervised,  # a process group of its own to kill
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
@@ -126,8 +143,31 @@ class Server:
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to the server, and to its workers when it has any."""
+        assert self.process is not None
+        if self.supervised:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.kill()
+        self.process.wait(10)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that run the app: granian's workers, else the server itself."""
+        assert self.process is not None
+        if not self.supervised:
+            return [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def worker_pid(self) -> int:
+        """The one process that runs the app."""
+        pids = self.worker_pids()
+        assert len(pids) == 1, f"{self.kind}: workers {pids}"
+        return pids[0]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -334,14 +374,12 @@ class Idle:
 
 def running(server: Server) -> ServerProcess:
     assert server.process is not None and server.process.poll() is None, server.kind
-    return ServerProcess(server.process.pid)
+    return ServerProcess(server.worker_pid())
 
 
 def kill(server: Server) -> None:
     """SIGKILL: no shutdown code runs, as when the machine or the OOM killer ends it."""
-    assert server.process is not None
-    server.process.kill()
-    server.process.wait(10)
+    server.kill()
 
 
 def restart(server: Server) -> str:

@@ -3,6 +3,7 @@ connection closes, and the process then stops as the server would."""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,16 @@ def wait_until_held(server: Server, count: int, timeout: float = 15.0) -> None:
     time.sleep(0.3)  # connected is not yet held: let the last ones reach their hold
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "daphne"])
+GRANIAN = pytest.param(
+    "granian",
+    marks=pytest.mark.skipif(
+        importlib.util.find_spec("granian") is None,
+        reason="granian is not installed: the [granian] extra (part of [test])",
+    ),
+)
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "daphne", GRANIAN])
 def test_sigterm_answers_every_held_poll_at_once_then_stops(kind: str, tmp_path: Path) -> None:
     env = server_env(SQLITE_PATH=str(tmp_path / "drain.sqlite3"))
     assert manage(env, "migrate", "-v0").returncode == 0

@@ -117,7 +117,7 @@ def test_the_wheel_works_with_only_its_declared_dependencies(dist: Path, tmp_pat
     run(python, "-m", "pip", "check")
 
     installed = run(python, "-m", "pip", "list", "--format=freeze").lower()
-    for extra in ("daphne", "channels-redis", "uvicorn", "psycopg", "prometheus-client"):
+    for extra in ("daphne", "channels-redis", "uvicorn", "granian", "psycopg", "prometheus-client"):
         assert f"{extra}==" not in installed, f"{extra} came without its extra"
 
     output = run(python, "-c", USE_THE_API, cwd=tmp_path)
