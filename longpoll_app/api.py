@@ -16,7 +16,7 @@ from . import outbox, process, queue, sessions, transports
 from .follows import END, END_KEY, RELEASE, WAKE
 from .layers import has_shared_layer, shared_layer
 from .protocol import check_data, validate_type
-from .transports import doorbell, notify
+from .transports import doorbell, orders
 
 SessionLike = str | SessionBase | HttpRequest
 
@@ -316,9 +316,9 @@ def _notify(order: dict[str, Any]) -> bool:
 def _notify_now(order: dict[str, Any]) -> bool:
     try:
         with transaction.get_connection().cursor() as cursor:
-            cursor.execute(NOTIFY_SQL, [notify.CHANNEL, notify.encode(order)])
+            cursor.execute(NOTIFY_SQL, [orders.CHANNEL, orders.encode(order)])
     except Exception as exc:
-        outbox.note_failure(notify.CHANNEL, exc, via="PostgreSQL NOTIFY")
+        outbox.note_failure(orders.CHANNEL, exc, via="PostgreSQL NOTIFY")
         return False
     outbox.note_success()
     return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Never, NoReturn, TypeVar, overload
 
@@ -28,21 +27,43 @@ from django.core.signals import setting_changed
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, kw_only=True)
 class Setting(Generic[T]):
     """One ``LONGPOLL_*`` setting, and the typed attribute of ``Settings`` that reads it.
 
     Read on an instance it gives the converted value (``T``); read on the class it gives
     this declaration, which the system checks and the docs test read.
+
+    A plain class, not a dataclass: making a frozen dataclass costs a
+    millisecond or more at import, which every process pays in ``django.setup()``.
     """
 
+    __slots__ = ("accepted", "check_id", "convert", "default", "doc", "is_valid", "name")
     default: T
-    convert: Callable[[Any], T]  # a set value, once its rule passed, to the type T
-    is_valid: Callable[[Any], bool]  # the rule a value set in Django's settings must pass
-    accepted: str  # what the rule accepts, completing "<name> must be ..."
-    check_id: str  # the system check that reports a value the rule refuses
-    doc: str  # what the setting means, in one line (docs/settings.md starts with it)
-    name: str = field(init=False, default="")  # the attribute's name, given by the class
+    convert: Callable[[Any], T]
+    is_valid: Callable[[Any], bool]
+    accepted: str
+    check_id: str
+    doc: str
+    name: str
+
+    def __init__(
+        self,
+        *,
+        default: T,
+        convert: Callable[[Any], T],  # a set value, once its rule passed, to the type T
+        is_valid: Callable[[Any], bool],  # the rule a value set in Django's settings must pass
+        accepted: str,  # what the rule accepts, completing "<name> must be ..."
+        check_id: str,  # the system check that reports a value the rule refuses
+        doc: str,  # what the setting means, in one line (docs/settings.md starts with it)
+    ) -> None:
+        given = {"default": default, "convert": convert, "is_valid": is_valid}
+        given |= {"accepted": accepted, "check_id": check_id, "doc": doc}
+        given["name"] = ""  # the attribute's name, given by the class
+        for attribute, value in given.items():
+            object.__setattr__(self, attribute, value)
+
+    def __setattr__(self, attribute: str, value: object) -> None:
+        raise AttributeError(f"{self.name or 'a setting'}'s declaration is frozen")
 
     def __set_name__(self, owner: type, name: str) -> None:
         # Frozen, so the name cannot change later; this is the one time it is given.

@@ -13,28 +13,54 @@ import asyncio
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from .sessions import SessionRecord, wake_group
 
 
-@dataclass(eq=False, slots=True)  # slots: one per session, kept for as long as it polls
 class Follow:
-    """What the hub knows about one session that polls in this process."""
+    """What the hub knows about one session that polls in this process.
 
-    session_key: str
-    group: str
-    pk: int | None = None
-    last_id: int = 0  # newest message id known to exist
-    acked: int = 0  # newest id acknowledged by a poll in this process
-    drained: int = -1  # newest id when a fresh page last found nothing pending
-    checked_at: float = -math.inf  # loop time when the store was last read
-    subscribed_at: float = math.inf  # loop time when wake-ups began to arrive
-    held: int = 0  # polls for this session in this process right now
-    used_at: float = 0.0
-    ended: bool = False
-    waiters: set[asyncio.Future[bool]] = field(default_factory=set)
+    Slots: one per session, kept for as long as it polls. A plain class: a
+    dataclass costs every process a millisecond or more to make at import.
+    """
+
+    __slots__ = (
+        "acked",
+        "checked_at",
+        "drained",
+        "ended",
+        "group",
+        "held",
+        "last_id",
+        "pk",
+        "session_key",
+        "subscribed_at",
+        "used_at",
+        "waiters",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        session_key: str,
+        group: str,
+        pk: int | None = None,
+        *,
+        checked_at: float = -math.inf,
+        subscribed_at: float = math.inf,
+    ) -> None:
+        self.session_key = session_key
+        self.group = group
+        self.pk = pk
+        self.last_id = 0  # newest message id known to exist
+        self.acked = 0  # newest id acknowledged by a poll in this process
+        self.drained = -1  # newest id when a fresh page last found nothing pending
+        self.checked_at = checked_at  # loop time when the store was last read
+        self.subscribed_at = subscribed_at  # loop time when wake-ups began to arrive
+        self.held = 0  # polls for this session in this process right now
+        self.used_at = 0.0
+        self.ended = False
+        self.waiters: set[asyncio.Future[bool]] = set()
 
     def drain(self, last_id: int) -> None:
         """A fresh page found nothing pending up to ``last_id``."""

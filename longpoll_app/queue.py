@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
@@ -21,8 +20,7 @@ from .models import ClientMessage, LongpollSession, Message, session_fingerprint
 from .sessions import aware, ensure_session_row, wake_group
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """The answer to a poll: messages after the cursor, the new cursor, and
     whether messages between the old cursor and these were lost."""
 
@@ -32,8 +30,7 @@ class Batch:
     last_id: int
 
 
-@dataclass(frozen=True)
-class Queued:
+class Queued(NamedTuple):
     """Where a message was queued: enough to wake the polls waiting for it."""
 
     session_pk: int

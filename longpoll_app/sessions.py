@@ -9,10 +9,9 @@ import hashlib
 import ipaddress
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import import_module
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import SESSION_KEY as AUTH_USER_ID_KEY
@@ -54,8 +53,7 @@ def load_live_session(session_key: str) -> SessionBase | None:
     return session if session.session_key is not None else None
 
 
-@dataclass(frozen=True)
-class SessionRecord:
+class SessionRecord(NamedTuple):
     """What a poll needs to know about its session, read in one go."""
 
     pk: int

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Field, Model
@@ -140,8 +139,7 @@ def reserve_and_insert(many: bool) -> str:
     )
 
 
-@dataclass(frozen=True)
-class ReadSql:
+class ReadSql(NamedTuple):
     ids: str
     messages: str
 
@@ -158,8 +156,7 @@ def read(vendor: str) -> ReadSql:
     )
 
 
-@dataclass(frozen=True)
-class AckSql:
+class AckSql(NamedTuple):
     lock: str
     delete: str
     update: str

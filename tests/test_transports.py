@@ -30,8 +30,9 @@ from longpoll_app.transports import chosen
 from longpoll_app.transports import layer as layer_transport
 from longpoll_app.transports.base import Transport
 from longpoll_app.transports.layer import LAYER_CONCURRENCY, PROBE_GROUP, LayerTransport
-from longpoll_app.transports.notify import NotifyTransport, decode, encode
+from longpoll_app.transports.notify import NotifyTransport
 from longpoll_app.transports.notify import connection_params as notify_params
+from longpoll_app.transports.orders import decode, encode
 from longpoll_app.transports.watcher import StoreWatcher
 
 from .conftest import REDIS_URL, Browser, flush_redis, new_session_key, use_redis_layer

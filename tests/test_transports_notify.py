@@ -23,8 +23,9 @@ from django.db import connection, transaction
 from longpoll_app import api, outbox, queue, sessions
 from longpoll_app.follows import RELEASE, WAKE, Follows
 from longpoll_app.runtime import current_hub
-from longpoll_app.transports import notify
-from longpoll_app.transports.notify import CHANNEL, NotifyTransport
+from longpoll_app.transports import notify, orders
+from longpoll_app.transports.notify import NotifyTransport
+from longpoll_app.transports.orders import CHANNEL
 
 from .conftest import new_session_key
 from .test_transports import app_log, attached, registry, until
@@ -112,7 +113,7 @@ async def test_a_rolled_back_send_wakes_nobody_and_a_committed_one_does() -> Non
         def rolled_back() -> None:
             with transaction.atomic():
                 api.send_to_session(key, "never", 1)
-                pg_notify(notify.encode({"type": WAKE, "pk": pk, "last_id": 99}))
+                pg_notify(orders.encode({"type": WAKE, "pk": pk, "last_id": 99}))
                 transaction.set_rollback(True)
 
         def committed() -> int:
@@ -234,7 +235,7 @@ async def test_notifications_that_are_no_orders_of_ours_are_ignored() -> None:
             await sync_to_async(pg_notify)(payload)
         await asyncio.sleep(QUIET)
         assert not woken.done() and not transport.outage
-        await sync_to_async(pg_notify)(notify.encode({"type": WAKE, "pk": pk, "last_id": 4}))
+        await sync_to_async(pg_notify)(orders.encode({"type": WAKE, "pk": pk, "last_id": 4}))
         assert await asyncio.wait_for(woken, WOKEN_WITHIN) is True
         assert follow.last_id == 4
 

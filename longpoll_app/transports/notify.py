@@ -23,7 +23,6 @@ listener task never reconnects, so an outage would go unnoticed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -31,36 +30,19 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from ..follows import Follows
 from .base import Transport
+from .orders import CHANNEL, decode
 
 if TYPE_CHECKING:  # psycopg is the [postgres] extra: imported only where it is used
     import psycopg
 
 log = logging.getLogger("longpoll_app")
 
-# One fixed name: NOTIFY reaches only the listeners of the same database, so
-# two databases on one server (two test databases included) never hear each other.
-CHANNEL = "longpoll_wake"
 RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)  # seconds between attempts to LISTEN again
 CONNECT_TIMEOUT = 5  # seconds (libpq takes whole seconds) a connection attempt may take
 # TCP keepalives, so that a connection whose server vanished without a word
 # (a cut network, not a restart) is noticed within about 20 s, not hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5}
 KEEPALIVES_COUNT = 2  # unanswered probes before the connection counts as dead
-
-
-def encode(order: dict[str, Any]) -> str:
-    """An order as a notification's payload: compact JSON."""
-    return json.dumps(order, separators=(",", ":"))
-
-
-def decode(payload: str) -> dict[str, Any] | None:
-    """The order in a payload, or None for one that is not an order of ours
-    (anyone who may connect to the database may NOTIFY)."""
-    try:
-        order = json.loads(payload)
-    except ValueError:
-        return None
-    return order if isinstance(order, dict) else None
 
 
 def connection_params(alias: str = DEFAULT_DB_ALIAS) -> dict[str, Any]:
