@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from longpoll_app import queue, sessions, sql
 from longpoll_app.models import ClientMessage, LongpollSession, Message
@@ -135,3 +137,34 @@ def test_acknowledged_messages_do_not_count_against_the_cap(
     queue.append_many(key, [("t", n) for n in range(7, 10)])  # ids 8-10: 4 and 5 go
     assert list(Message.objects.values_list("seq", flat=True)) == [6, 7, 8, 9, 10]
     assert LongpollSession.objects.get().dropped == 2
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the one-statement send is PostgreSQL's"
+)
+@pytest.mark.parametrize("count", [1, 3])
+def test_a_send_outside_a_transaction_is_one_statement_on_postgresql(
+    transactional_db: None, count: int
+) -> None:
+    key = new_session_key()
+    queue.append(key, "first", 0)  # makes the session's record
+    messages = [("m", {"n": n}) for n in range(count)]
+    with CaptureQueriesContext(connection) as queries:
+        queued = queue.append_many(key, messages)
+    assert len(queries) == 1 and "WITH r AS (UPDATE" in queries[0]["sql"]
+    assert queued.seq == 1 + count
+    batch = queue.read(queued.session_pk, key, 1, 100)
+    assert batch is not None
+    assert [(m["id"], m["data"]) for m in batch.messages] == [
+        (2 + n, {"n": n}) for n in range(count)
+    ]
+
+
+def test_inside_a_transaction_a_send_keeps_to_its_savepoint(transactional_db: None) -> None:
+    key = new_session_key()
+    queue.append(key, "first", 0)
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            queue.append(key, "m", 1)
+        assert any(query["sql"].startswith("SAVEPOINT") for query in queries)
+        assert not any("WITH r AS (UPDATE" in query["sql"] for query in queries)
