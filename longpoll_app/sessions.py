@@ -5,6 +5,7 @@ and expiry, and the ids a poll needs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import math
@@ -18,6 +19,7 @@ from django.contrib.auth import SESSION_KEY as AUTH_USER_ID_KEY
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.backends.base import SessionBase
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.core.signals import setting_changed
 from django.db import connection
 from django.utils import timezone
 
@@ -162,7 +164,7 @@ def _live_sessions(
         for chunk in sql.chunks(keys):
             db.execute(statement.replace("(?)", sql.in_list(len(chunk))), [*chunk, now])
             for key, data, expire_date, pk, *record in db.fetchall():
-                user_pk = _user_pk(decoder.decode(data).get(AUTH_USER_ID_KEY))
+                user_pk = _decoded_user_pk(decoder, data)
                 facts[key] = (user_pk, aware(expire_date))
                 if pk is not None and with_records:
                     rows[key] = _record_row(key, pk, *record)
@@ -239,6 +241,47 @@ def record_user(session_key: str, user_pk: Any, expires_at: datetime) -> None:
         defaults=fields,
         create_defaults={**fields, "fingerprint": session_fingerprint(session_key)},
     )
+
+
+DECODED_KEPT = 20_000  # session data strings whose user is remembered (~150 bytes each)
+_decoded: dict[tuple[type[SessionBase], bytes], Any] = {}
+
+
+def _decoded_user_pk(decoder: SessionBase, data: str) -> Any:
+    """The user pk in a session's data, as ``decoder.decode(data)`` gives it.
+
+    Remembered by the data string's BLAKE2 digest (128 bits, not the string:
+    it may be long): every poll checks its session, and verifying the
+    signature and parsing the JSON was the largest part of a check. The answer
+    is the same as decoding would give: Django's ``decode`` is a function of
+    the string, the class and the settings (the memory is cleared when a
+    setting changes), and only Django's own ``decode`` is remembered. A string
+    that does not decode, or holds an empty session, is decoded each time
+    (Django logs a corrupted one each time).
+    """
+    if type(decoder).decode is not SessionBase.decode:
+        return _user_pk(decoder.decode(data).get(AUTH_USER_ID_KEY))
+    digest = hashlib.blake2b(data.encode(), digest_size=16).digest()
+    cache_key = (type(decoder), digest)
+    try:
+        return _decoded[cache_key]
+    except KeyError:
+        pass
+    session = decoder.decode(data)
+    user_pk = _user_pk(session.get(AUTH_USER_ID_KEY))
+    if session:
+        if len(_decoded) >= DECODED_KEPT:
+            with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+                del _decoded[next(iter(_decoded))]  # the oldest: it may have changed since
+        _decoded[cache_key] = user_pk
+    return user_pk
+
+
+def _forget_decoded(**kwargs: Any) -> None:
+    _decoded.clear()
+
+
+setting_changed.connect(_forget_decoded, dispatch_uid="longpoll_sessions_decoded")
 
 
 def _user_pk(raw: Any) -> Any:
