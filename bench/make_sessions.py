@@ -8,7 +8,8 @@ the server's environment (DJANGO_SETTINGS_MODULE, SQLITE_PATH or DATABASE_URL).
     python bench/make_sessions.py --count 10000 --out sessions.txt
 
 Writes (appends) ``index sessionid csrftoken`` lines for indices from the
-number of lines already in --out up to --count.
+number of lines already in --out up to --count. The project is imported from
+the tree named by BENCH_APP_ROOT (default: this file's repository).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(
+    0,
+    os.environ.get("BENCH_APP_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 

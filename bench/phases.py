@@ -43,7 +43,7 @@ class Target:
     port: int
     pid: int  # the server's root process (py-spy attaches to it)
     procs: list[psutil.Process]  # the server's process tree, taken once it answered
-    services: Mapping[str, list[psutil.Process]]  # redis and postgres processes
+    services: Mapping[str, list[psutil.Process]]  # redis and postgres (and burner) processes
     browsers: Browsers
     n: int  # browsers
     hold: float  # seconds a poll is held
@@ -135,8 +135,9 @@ def idle(target: Target, *, window_s: float, rss_before: int, profile: bool) -> 
     st0 = target.browsers.stat()
     gen_procs = target.browsers.procs()
     redis, postgres = target.services["redis"], target.services["postgres"]
+    burner = target.services.get("burner", [])  # bench/burner.py, with --burner
     c0, g0 = cpu_seconds(target.procs), cpu_seconds(gen_procs)
-    r0, p0 = cpu_seconds(redis), cpu_seconds(postgres)
+    r0, p0, b0 = cpu_seconds(redis), cpu_seconds(postgres), cpu_seconds(burner)
     m0 = machine_busy_seconds()
     w0 = time.monotonic()
     rss_max = 0
@@ -146,7 +147,7 @@ def idle(target: Target, *, window_s: float, rss_before: int, profile: bool) -> 
             rss_max = max(rss_max, rss_bytes(target.procs))
         w1 = time.monotonic()
         c1, g1 = cpu_seconds(target.procs), cpu_seconds(gen_procs)
-    r1, p1 = cpu_seconds(redis), cpu_seconds(postgres)
+    r1, p1, b1 = cpu_seconds(redis), cpu_seconds(postgres), cpu_seconds(burner)
     m1 = machine_busy_seconds()
     st1 = target.browsers.stat()
     rss1 = rss_bytes(target.procs)
@@ -157,8 +158,11 @@ def idle(target: Target, *, window_s: float, rss_before: int, profile: bool) -> 
         "idle_loadgen_cpu": (g1 - g0) / dt,
         "idle_redis_cpu": (r1 - r0) / dt,
         "idle_postgres_cpu": (p1 - p0) / dt,
-        # everything else on the machine over the window (other services, other users)
-        "idle_other_cpu": ((m1 - m0) - (c1 - c0) - (g1 - g0) - (r1 - r0) - (p1 - p0)) / dt,
+        "idle_burner_cpu": (b1 - b0) / dt if burner else None,
+        # everything else on the machine over the window (other services, other users; not
+        # the burner, which is reported apart)
+        "idle_other_cpu": ((m1 - m0) - (c1 - c0) - (g1 - g0) - (r1 - r0) - (p1 - p0) - (b1 - b0))
+        / dt,
         "held_at_window_start": st0["held"],
         "held_at_window_end": st1["held"],
         "idle_polls_answered": st1["polls"] - st0["polls"],
@@ -167,10 +171,12 @@ def idle(target: Target, *, window_s: float, rss_before: int, profile: bool) -> 
         "rss_max_mb": rss_max / 2**20,
         "rss_per_poll_kb": (rss1 - rss_before) / 1024 / n,
     }
+    burner_log = f", burner {(b1 - b0) / dt:.1%}" if burner else ""
     log(
         f"  idle cpu {figures['idle_cpu']:.1%} over {dt:.1f}s, held {st0['held']}/{st1['held']} of {n},"
         f" rss +{(rss1 - rss_before) / 2**20:.1f} MB ({figures['rss_per_poll_kb']:.1f} KB/poll),"
-        f" loadgen {figures['idle_loadgen_cpu']:.1%}, rest of machine {figures['idle_other_cpu']:.1%}"
+        f" loadgen {figures['idle_loadgen_cpu']:.1%}{burner_log},"
+        f" rest of machine {figures['idle_other_cpu']:.1%}"
     )
     return figures
 
@@ -200,6 +206,7 @@ def latency(target: Target, *, rate: float, duration: float, profile: bool) -> S
         "send_call_max_ms": steady["call_max"] * 1000,
         "late_sends": steady["late_sends"],
         "sender_error_samples": steady["errors"][:5],
+        "sender_app": steady.get("app"),  # the longpoll_app the sender imported (project)
     }
     return Sending(figures, steady["sent"], steady["n_errors"])
 

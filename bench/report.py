@@ -111,6 +111,9 @@ METRICS = [
     "burst2_received",
     "burst3_received",
     "idle_other_cpu",
+    "idle_burner_cpu",
+    "burner_duty",
+    "burner_cpu",
 ]
 
 
@@ -164,9 +167,15 @@ def table(summary: Summary, *, steady_sends: int, burst_size: int) -> str:
         "| server | N | idle CPU (one core) | × floor (same server) | × baseline | RSS / held poll (KB) "
         "| marginal KB / poll | RSS (MB) | p50 / p99 / max latency (ms) | lost | failed | 1,000-msg burst, 1,000 calls (ms) "
         "| burst in 1 transaction, from commit (ms) | burst, one send_many call (ms) "
-        "| Redis CPU | rest of machine CPU |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| Redis CPU | rest of machine CPU |"
     )
+    align = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    # With bench/run.py --burner, its share is a column of its own, never in "rest of machine".
+    burned = any(s.get("burner_duty") is not None for s in summary.values())
+    if burned:
+        head += " burner CPU (idle window / whole run) |"
+        align += "---:|"
+    head += "\n" + align + "\n"
     rows = []
     order = {s: i for i, s in enumerate(ALL_SERVERS)}
     for (srv, n), s in sorted(summary.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99))):
@@ -214,6 +223,12 @@ def table(summary: Summary, *, steady_sends: int, burst_size: int) -> str:
             f"| {fmt(s['rss_per_poll_kb_marginal'], '.1f')} | {fmt(s['rss_idle_mb'], '.0f')} | {lat} "
             f"| {fmt(s['lost'])} | {fmt(s['failed'])} | {burst} | {burst2} | {burst3} | {redis_cpu} "
             f"| {fmt(None if s['idle_other_cpu'] is None else max(0.0, s['idle_other_cpu']), pct_=True)} |"
+            + (
+                f" {fmt(s['idle_burner_cpu'], pct_=True)} / {fmt(s['burner_cpu'], pct_=True)}"
+                f" (duty {fmt(s['burner_duty'], 'g')}) |"
+                if burned
+                else ""
+            )
         )
     return head + "\n".join(rows) + "\n"
 
@@ -308,6 +323,13 @@ def write_docs(
         for r in result["runs"]
         if "error" in r
     )
+    burner_note = (
+        f"; and not bench/burner.py, which ran at duty {a['burner']:g} (of every"
+        " 10 ms it spins duty × 10 ms) for the whole of each server's run, and whose"
+        " measured share is its own column"
+        if a.get("burner") is not None
+        else ""
+    )
     block = f"""{BEGIN}
 ### Latest run
 
@@ -332,7 +354,7 @@ failure kinds are in the JSON). ‡: the sender could not keep its rate (sent
 late, or cut short after 2× the planned time; bursts after 20 s), so the figure
 is bounded by the sender and the saturated machine. Rest of machine: CPU used
 during the idle window by everything but the server, the load generators,
-Redis and PostgreSQL (other users of this shared machine, e.g. test suites).
+Redis and PostgreSQL (other users of this shared machine, e.g. test suites){burner_note}.
 
 ![Idle CPU and p99 latency against N](assets/{plot_path.name})
 

@@ -19,6 +19,12 @@ period, waits for the steady state, then (bench/phases.py):
      the project also in one transaction and in one send_many_to_session call);
   4. loss and failures over the whole run (bench/tally.py).
 
+With --burner DUTY, bench/burner.py keeps DUTY of one core busy (spinning
+DUTY * 10 ms of every 10 ms) for the whole of each server's run, from before
+the server starts until its browsers have stopped; its measured share is in
+the results (burner, idle_burner_cpu) and the report, apart from the rest of
+the machine.
+
 Results go to bench/results/results-<stamp>.json (and results-latest.json),
 raw per-run files to bench/results/raw/, and the table, the plot
 (bench/results/benchmarks.png) and the machine's description into the
@@ -31,14 +37,17 @@ the whole run (remaining runs are skipped and said so).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,15 +55,20 @@ from typing import Any
 # Run as a script (python bench/run.py), only bench/ is on the path: the package's parent too.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psutil
+
 from bench import phases, report, servers, tally
 from bench.browsers import make_sessions_directly, open_browsers
-from bench.common import RAW, RESULTS, log
+from bench.common import PY, RAW, RESULTS, ROOT, log
 from bench.measure import service_procs, tree
 from bench.servers import ALL_SERVERS, ServerSpec
 
 SATURATED = 0.80  # idle CPU (share of one core) from which doubling N cannot fit in one core
 MULTI_GEN_FROM_N = 2000  # below this N one load generator process is enough
 NOFILE_SPARE = 1000  # descriptors beyond the N sockets: files, pipes, the database
+BURST_MODES: tuple[phases.BurstMode, ...] = ("calls", "atomic", "many")
+BURNER_PERIOD_S = 0.010  # bench/burner.py's period: spin duty * this, sleep the rest
+BURNER_STOP_S = 10.0  # the burner writes its figures and exits within this after SIGTERM
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,17 @@ class Options:
     tag: str
     no_skip: bool
     report_only: str | None
+    burner: float | None = None  # duty of bench/burner.py over each server's run, or none
+    no_latest: bool = False  # leave results-latest.json as it is
+    bursts: tuple[str, ...] = BURST_MODES  # the project's burst kinds, in this order
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
-        fields = vars(args) | {"n": tuple(sorted(set(args.n))), "servers": tuple(args.servers)}
+        fields = vars(args) | {
+            "n": tuple(sorted(set(args.n))),
+            "servers": tuple(args.servers),
+            "bursts": tuple(args.bursts),
+        }
         return cls(**fields)
 
     @property
@@ -129,6 +150,25 @@ def parser() -> argparse.ArgumentParser:
         help="run larger N even for a server already saturated (idle CPU >= 80%% of a core) at a smaller N",
     )
     p.add_argument(
+        "--burner",
+        type=float,
+        metavar="DUTY",
+        default=None,
+        help="run bench/burner.py (DUTY of one core, e.g. 0.5) for the whole of each server's run",
+    )
+    p.add_argument(
+        "--no-latest",
+        action="store_true",
+        help="don't copy the results to bench/results/results-latest.json (a trial run)",
+    )
+    p.add_argument(
+        "--bursts",
+        nargs="+",
+        choices=BURST_MODES,
+        default=list(BURST_MODES),
+        help="the project's bursts: one send call per message, in one transaction, one send_many",
+    )
+    p.add_argument(
         "--report-only",
         metavar="RESULTS_JSON",
         help="rewrite docs/benchmarks.md and the plot from a results file; run nothing",
@@ -136,10 +176,80 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# --------------------------------------------------------------------------- the burner
+@dataclass
+class Burner:
+    """A running bench/burner.py; `figures` is what it reported at exit (None until then)."""
+
+    duty: float
+    proc: subprocess.Popen[bytes] | None
+    out: Path
+    figures: dict[str, Any] | None = None
+
+    def procs(self) -> list[psutil.Process]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return [psutil.Process(self.proc.pid)]
+
+    def share_text(self) -> str:
+        return f"{self.figures['share']:.1%}" if self.figures else "(no figures)"
+
+
+@contextlib.contextmanager
+def burning(duty: float | None, out: Path) -> Iterator[Burner | None]:
+    """bench/burner.py at `duty` over the block (nothing if duty is None); its figures after."""
+    if duty is None:
+        yield None
+        return
+    out.unlink(missing_ok=True)
+    cmd = [PY, "bench/burner.py", "--duty", str(duty), "--period", str(BURNER_PERIOD_S)]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    burner = Burner(duty, proc, out)
+    try:
+        yield burner
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(BURNER_STOP_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if out.exists():
+            burner.figures = json.loads(out.read_text())
+        log(f"  burner duty {duty:g}: used {burner.share_text()} of a core")
+
+
 # --------------------------------------------------------------------------- one run
-def run_one(spec: ServerSpec, n: int, opts: Options, workdir: Path, rep: int) -> dict[str, Any]:
-    """One server at one N: start it, the browsers, the phases; the run's figures."""
-    tag = f"{spec.name}-n{n}-r{rep}"
+def run_one(
+    spec: ServerSpec, n: int, opts: Options, workdir: Path, rep: int, label: str = ""
+) -> dict[str, Any]:
+    """One server at one N: start it, the browsers, the phases; the run's figures.
+
+    `label` prefixes the run's raw files (bench/ab.py: which tree); with
+    opts.burner, bench/burner.py runs from before the server starts until the
+    browsers have stopped.
+    """
+    tag = f"{label}{spec.name}-n{n}-r{rep}"
+    with burning(opts.burner, RAW / f"{tag}.burner.json") as burner:
+        res = _run_one(spec, n, opts, workdir, rep, tag, burner)
+    if burner is not None:
+        res["burner"] = burner.figures or {"duty": burner.duty, "share": None}
+        res["burner_duty"] = burner.duty
+        res["burner_cpu"] = res["burner"]["share"]  # over the whole run, as it measured itself
+    return res
+
+
+def _run_one(
+    spec: ServerSpec,
+    n: int,
+    opts: Options,
+    workdir: Path,
+    rep: int,
+    tag: str,
+    burner: Burner | None,
+) -> dict[str, Any]:
     run_id = f"{tag}-{time.time():.0f}"
     port = servers.free_port()
     res: dict[str, Any] = {"server": spec.name, "n": n, "rep": rep, "hold": opts.hold, "port": port}
@@ -151,6 +261,8 @@ def run_one(spec: ServerSpec, n: int, opts: Options, workdir: Path, rep: int) ->
     with servers.running(spec, port, RAW / f"{tag}.server.log") as server:
         server_procs = tree(server.pid)
         services = service_procs()
+        if burner is not None:
+            services["burner"] = burner.procs()
         res["server_pids"] = [p.pid for p in server_procs]
         if sessions is not None and opts.session_setup == "direct":
             t = time.monotonic()
@@ -217,9 +329,9 @@ def send_messages(target: phases.Target, opts: Options) -> list[phases.Sending]:
     sendings = [
         phases.latency(target, rate=opts.rate, duration=opts.duration, profile=opts.profile)
     ]
-    modes: list[phases.BurstMode] = ["calls"]
+    modes: Sequence[phases.BurstMode] = ["calls"]
     if target.spec.kind == "project":
-        modes += ["atomic", "many"]
+        modes = [m for m in BURST_MODES if m in opts.bursts]
     indices = phases.burst_browsers(target.n)
     burst_sent = 0
     for mode in modes:
@@ -335,7 +447,8 @@ def main() -> None:
     finally:
         result["duration_s"] = time.time() - started
         results_path.write_text(json.dumps(result, indent=1))
-        shutil.copy(results_path, RESULTS / "results-latest.json")
+        if not opts.no_latest:
+            shutil.copy(results_path, RESULTS / "results-latest.json")
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"wrote {results_path}")
     print(report.table_of(result))

@@ -4,7 +4,9 @@ Sets Django up as bench/sender.py does (``project.settings``), on a database of
 its own: a temporary SQLite file for ``embedded``; for ``scaled``, the
 PostgreSQL database and Redis named by DATABASE_URL and REDIS_URL (both
 required; the tables are created with ``migrate``). No server runs: this is
-the sender's side only (store write plus channel-layer wake).
+the sender's side only (store write plus channel-layer wake). The app is
+imported from the tree named by BENCH_APP_ROOT (default: this file's
+repository); --json-out writes the figures as JSON too (bench/ab.py reads it).
 
     python bench/send_cost.py --backend embedded --count 500
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/DB REDIS_URL=redis://127.0.0.1:6379/11 \\
@@ -14,6 +16,7 @@ the sender's side only (store write plus channel-layer wake).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -21,7 +24,9 @@ import tempfile
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.environ.get("BENCH_APP_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
 WARMUP_CALLS = 20  # opens connections and fills caches before anything is timed
 BULK_COUNT = 1000  # messages in the timed send_many_to_session call
 BULK_REPEATS = 5  # bulk calls timed; the median is reported
@@ -86,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["embedded", "scaled"], default="embedded")
     parser.add_argument("--count", type=int, default=500, help="timed send_to_session calls")
+    parser.add_argument("--json-out", help="also write the figures (seconds) to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="send-cost-") as workdir:
         setup_django(args.backend, workdir)
@@ -100,6 +106,21 @@ def main() -> None:
         totals = time_bulk_sends(new_session_key())
         print(f"send_many_to_session of {BULK_COUNT} to one session, {BULK_REPEATS} calls")
         print(f"  median {ms(statistics.median(totals))}, max {ms(max(totals))}")
+        if args.json_out:
+            import longpoll_app
+
+            figures = {
+                "backend": args.backend,
+                "count": args.count,
+                "app": os.path.dirname(os.path.abspath(longpoll_app.__file__)),
+                "single_median_s": statistics.median(costs),
+                "single_p90_s": p90,
+                "single_max_s": costs[-1],
+                "bulk_count": BULK_COUNT,
+                "bulk_median_s": statistics.median(totals),
+            }
+            with open(args.json_out, "w") as fh:
+                json.dump(figures, fh)
 
 
 if __name__ == "__main__":

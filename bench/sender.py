@@ -2,7 +2,9 @@
 
 Project mode calls ``longpoll_app.api.send_to_session`` in a Django-configured
 process (run it with the server's environment: DJANGO_SETTINGS_MODULE,
-SQLITE_PATH or DATABASE_URL/REDIS_URL). Baseline mode POSTs to the Tornado
+SQLITE_PATH or DATABASE_URL/REDIS_URL), importing the app from the tree named by
+BENCH_APP_ROOT (default: this file's repository; bench/ab.py points it at the
+tree under test, since the send path is part of what is measured). Baseline mode POSTs to the Tornado
 baseline's ``/send`` endpoint over one keep-alive connection to 127.0.0.1.
 
 Every message's data is ``{"t": time.time() just before the send call,
@@ -31,6 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 BURST_SEQ = 1_000_000  # must match bench/loadgen.py
+# The tree whose longpoll_app and project are imported (set by bench/servers.py's project_env).
+APP_ROOT = os.environ.get("BENCH_APP_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
 
 
 def load_sessions(path: str, mode: str, total: int) -> list[tuple[int, str]]:
@@ -49,7 +55,7 @@ def load_sessions(path: str, mode: str, total: int) -> list[tuple[int, str]]:
 
 
 def project_sender() -> Callable[[str, dict[str, Any]], None]:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, APP_ROOT)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
 
@@ -141,6 +147,8 @@ def main() -> None:
     call_times: list[float] = []
     errors: list[str] = []
     extra: dict[str, Any] = {}
+    if args.mode == "project":  # where send_to_session came from (bench/ab.py checks it)
+        extra["app"] = os.path.dirname(os.path.abspath(sys.modules["longpoll_app"].__file__ or ""))
 
     # One warm-up message (seq -1, left out of every figure) so the first
     # measured send does not pay for opening connections.

@@ -54,13 +54,20 @@ STOP_GRACE_S = 8.0  # SIGTERM, then this long before the process tree is killed
 Databases = Mapping[str, Mapping[str, str]]
 
 
-def project_env(hold: float) -> dict[str, str]:
-    """What the project's processes (server, sender, make_sessions, migrate) run with."""
+def project_env(hold: float, root: Path = ROOT) -> dict[str, str]:
+    """What the project's processes (server, sender, make_sessions, migrate) run with.
+
+    `root` is the source tree whose ``longpoll_app`` and ``project`` they import
+    (bench/ab.py runs a baseline commit's tree beside the working tree's):
+    first on PYTHONPATH, and in BENCH_APP_ROOT, which bench/sender.py,
+    bench/make_sessions.py and bench/send_cost.py put first on their sys.path.
+    """
     env = {
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "DJANGO_DEBUG": "0",  # with DEBUG on, Django keeps every SQL query in memory
         "LONGPOLL_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        "BENCH_APP_ROOT": str(root),
     }
     if hold != DEFAULT_HOLD_S:
         # LONGPOLL_TIMEOUT is a Django setting (default 10 s); only short smoke
@@ -72,24 +79,25 @@ def project_env(hold: float) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One server under test: its name (one of ALL_SERVERS), hold and environment."""
+    """One server under test: its name (one of ALL_SERVERS), hold, environment and source tree."""
 
     name: str
     hold: float  # seconds a poll is held
     env: Mapping[str, str]
+    root: Path = ROOT  # the tree it runs from (its cwd) and imports the app from
 
     @classmethod
-    def configure(cls, name: str, hold: float, dbs: Databases) -> ServerSpec:
+    def configure(cls, name: str, hold: float, dbs: Databases, root: Path = ROOT) -> ServerSpec:
         env = dict(os.environ)
-        # The runner's own environment must not pick a database for the server.
-        for var in ("REDIS_URL", "DATABASE_URL", "SQLITE_PATH"):
+        # The runner's own environment must not pick a database (or a tree) for the server.
+        for var in ("REDIS_URL", "DATABASE_URL", "SQLITE_PATH", "BENCH_APP_ROOT"):
             env.pop(var, None)
         database = cls(name, hold, {}).database
         if database is not None:
             env.update(dbs[database])
-            env.update(project_env(hold))
+            env.update(project_env(hold, root))
         env["FLOOR_HOLD"] = str(hold)
-        return cls(name, hold, env)
+        return cls(name, hold, env, root)
 
     @property
     def kind(self) -> str:
@@ -143,18 +151,25 @@ def databases_needed(names: Iterable[str]) -> set[str]:
     return {name.split("-")[2] for name in names if name.startswith("project")}
 
 
-def prepare_dbs(workdir: Path, need: set[str]) -> dict[str, dict[str, str]]:
-    """A fresh SQLite file and a re-created PostgreSQL database, migrated; their environments."""
+def prepare_dbs(
+    workdir: Path, need: set[str], root: Path = ROOT, pg_db: str = PG_DB
+) -> dict[str, dict[str, str]]:
+    """A fresh SQLite file and a re-created PostgreSQL database, migrated; their environments.
+
+    `root` is the tree whose migrations make the tables; `pg_db` names the
+    PostgreSQL databases (pg_db, and pg_db_alone for PostgreSQL alone).
+    """
+    pg_alone_db = f"{pg_db}_alone"
     dbs: dict[str, dict[str, str]] = {
         "embedded": {"SQLITE_PATH": str(workdir / "embedded.sqlite3")},
         "scaled": {
             "REDIS_URL": f"redis://{HOST}:{REDIS_PORT}/{REDIS_DB}",
-            "DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{PG_DB}",
+            "DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{pg_db}",
         },
         # No REDIS_URL: the project's in-process layer, so "auto" wakes through PostgreSQL.
-        "postgres": {"DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{PG_ALONE_DB}"},
+        "postgres": {"DATABASE_URL": f"postgres://postgres@{HOST}:{PG_PORT}/{pg_alone_db}"},
     }
-    for db, name in (("scaled", PG_DB), ("postgres", PG_ALONE_DB)):
+    for db, name in (("scaled", pg_db), ("postgres", pg_alone_db)):
         if db not in need:
             continue
         for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
@@ -166,11 +181,11 @@ def prepare_dbs(workdir: Path, need: set[str]) -> dict[str, dict[str, str]]:
     for db in need:
         env = dict(os.environ)
         env.update(dbs[db])
-        env.update(project_env(DEFAULT_HOLD_S))
+        env.update(project_env(DEFAULT_HOLD_S, root))
         t = time.monotonic()
         out = subprocess.run(
             [PY, "manage.py", "migrate", "--noinput"],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             capture_output=True,
             text=True,
@@ -228,7 +243,7 @@ def start(spec: ServerSpec, port: int, log_path: Path) -> Server:
     """Starts the server and waits until its health path answers 200 (bounded)."""
     log_file = open(log_path, "wb")
     proc = subprocess.Popen(
-        spec.command(port), cwd=ROOT, env=dict(spec.env), stdout=log_file, stderr=log_file
+        spec.command(port), cwd=spec.root, env=dict(spec.env), stdout=log_file, stderr=log_file
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
