@@ -250,11 +250,14 @@ def plot(summary: Summary, path: Path, title: str) -> None:
         "baseline-tornado": "tab:red",
         "floor-daphne": "tab:gray",
         "floor-uvicorn": "black",
+        "floor-granian": "tab:brown",
         "project-daphne-embedded": "tab:blue",
         "project-uvicorn-embedded": "tab:cyan",
         "project-daphne-scaled": "tab:green",
         "project-uvicorn-scaled": "tab:olive",
         "project-uvicorn-postgres": "tab:purple",
+        "project-granian-embedded": "tab:pink",
+        "project-granian-scaled": "tab:orange",
     }
     for srv in ALL_SERVERS:
         pts = sorted((n, s) for (name, n), s in summary.items() if name == srv)

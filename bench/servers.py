@@ -3,13 +3,16 @@
     baseline-tornado        bench/baseline_timer.py (the timer design being replaced)
     floor-daphne            bench/floor_app.py under daphne
     floor-uvicorn           bench/floor_app.py under uvicorn (uvloop + httptools)
+    floor-granian           bench/floor_app.py under granian (one worker, uvloop)
     project-daphne-embedded project.asgi:application, daphne, SQLite + in-process layer
     project-uvicorn-embedded   ... uvicorn
     project-daphne-scaled   project.asgi:application, daphne, PostgreSQL + Redis
     project-uvicorn-scaled     ... uvicorn
     project-uvicorn-postgres   ... uvicorn, PostgreSQL alone (LISTEN/NOTIFY wake-ups, no Redis)
+    project-granian-embedded, project-granian-scaled   ... granian
 
-Every server is one process, started fresh for every run.
+Every server is one process, started fresh for every run (granian: its
+supervisor and one worker, measured together as the process tree).
 """
 
 from __future__ import annotations
@@ -34,12 +37,18 @@ ALL_SERVERS = (
     "baseline-tornado",
     "floor-daphne",
     "floor-uvicorn",
+    "floor-granian",
     "project-daphne-embedded",
     "project-uvicorn-embedded",
     "project-daphne-scaled",
     "project-uvicorn-scaled",
     "project-uvicorn-postgres",
+    "project-granian-embedded",
+    "project-granian-scaled",
 )
+# granian counts held polls against its backpressure (1,024 by default): past it a
+# new request waits for a held one to end. The benchmark holds tens of thousands.
+GRANIAN_BACKPRESSURE = 100_000
 REDIS_PORT = 6379
 PG_PORT = 5432
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "9"))  # flushed before every scaled run
@@ -106,7 +115,7 @@ class ServerSpec:
 
     @property
     def server(self) -> str:
-        """tornado | daphne | uvicorn"""
+        """tornado | daphne | uvicorn | granian"""
         return self.name.split("-")[1]
 
     @property
@@ -126,6 +135,13 @@ class ServerSpec:
         app = "bench.floor_app:app" if self.kind == "floor" else "project.asgi:application"
         if self.server == "daphne":
             return [str(BIN / "daphne"), "-b", HOST, "-p", str(port), "-v", "0", app]
+        if self.server == "granian":
+            return [
+                *(PY, "-m", "granian", "--interface", "asgi", "--host", HOST),
+                *("--port", str(port), "--workers", "1", "--loop", "uvloop"),
+                *("--backpressure", str(GRANIAN_BACKPRESSURE), "--log-level", "warning"),
+                *("--no-access-log", app),
+            ]
         return [
             str(BIN / "uvicorn"),
             app,
