@@ -98,19 +98,37 @@ def child_env(workdir: Path, module: str) -> dict[str, str]:
     return env
 
 
-def run_child(workdir: Path, module: str, *args: str) -> dict[str, float]:
+def run_script(workdir: Path, module: str, script: str, *args: str) -> str:
+    """Run ``script`` in a fresh interpreter on settings ``module``: the last line it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, *args],
+        [sys.executable, "-c", script, *args],
         env=child_env(workdir, module),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"startup: the child failed:\n{done.stderr}")
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"startup: a child process failed:\n{done.stderr}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def run_child(workdir: Path, module: str, *args: str) -> dict[str, float]:
+    result: dict[str, float] = json.loads(run_script(workdir, module, CHILD, *args))
     return result
+
+
+PREPARE = textwrap.dedent("""
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    from longpoll_app import queue, sessions
+    session = sessions.session_store()
+    session.save()
+    queue.append(session.session_key, "startup", 0)  # makes its record
+    print(session.session_key)
+""")
 
 
 def prepare(backend: str, workdir: Path) -> str:
@@ -121,28 +139,7 @@ def prepare(backend: str, workdir: Path) -> str:
             capture_output=True,
             check=False,  # it may exist already
         )
-    script = textwrap.dedent("""
-        import django
-        django.setup()
-        from django.core.management import call_command
-        call_command("migrate", verbosity=0)
-        from longpoll_app import queue, sessions
-        session = sessions.session_store()
-        session.save()
-        queue.append(session.session_key, "startup", 0)  # makes its record
-        print(session.session_key)
-    """)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_env(workdir, "startup_with"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"startup: preparing failed:\n{done.stderr}")
-    return done.stdout.strip().splitlines()[-1]
+    return run_script(workdir, "startup_with", PREPARE)
 
 
 def ms(values: list[float]) -> str:
